@@ -1,0 +1,12 @@
+//! vpetl core: what every task shares — the component registry, composable configs, the runtime
+//! (libtorch and CUDA set-up), logging and work directories.
+
+pub mod backbones;
+pub mod config;
+pub mod logging;
+pub mod registry;
+pub mod runtime;
+pub mod workdir;
+
+pub use inventory;
+pub use tch;
