@@ -1,5 +1,7 @@
 //! Helpers shared by the integration tests in `tests/tests/`.
 
+pub mod fuzz_harness;
+
 use std::path::{Path, PathBuf};
 
 /// Links every task crate into the test binary and checks the registry, as the tools do.
