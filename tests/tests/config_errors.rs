@@ -18,6 +18,9 @@ struct ToyNetSpec {
 }
 
 impl BackboneSpec for ToyNetSpec {
+    fn build(&self, _: tch::nn::Path) -> anyhow::Result<Box<dyn vpetl_core::backbones::Backbone>> {
+        anyhow::bail!("ToyNet only exists to be read from configs")
+    }
     fn feature_dim(&self) -> i64 {
         self.embed_dim.unwrap_or(8)
     }
@@ -46,7 +49,7 @@ fn unknown_top_level_key() {
 #[test]
 fn unknown_key_inside_a_component_names_the_file_that_wrote_it() {
     let files = [
-        ("base.yaml", "model:\n  backbone: {type: ToyNet, depth: 2}\n"),
+        ("base.yaml", "model:\n  type: ImageClassifier\n  head: {type: LinearHead, num_classes: 2}\n  backbone: {type: ToyNet, depth: 2}\n"),
         ("run.yaml", "_base_: base.yaml\nmodel:\n  backbone: {drop_path_rat: 0.1}\n"),
     ];
     assert_eq!(
@@ -57,7 +60,7 @@ fn unknown_key_inside_a_component_names_the_file_that_wrote_it() {
 
 #[test]
 fn unknown_type_with_suggestion() {
-    let msg = check(&[("run.yaml", "model:\n  backbone: {type: ToyNett, depth: 2}\n")], "run.yaml");
+    let msg = check(&[("run.yaml", "model:\n  type: ImageClassifier\n  head: {type: LinearHead, num_classes: 2}\n  backbone: {type: ToyNett, depth: 2}\n")], "run.yaml");
     assert!(
         msg.starts_with("run.yaml: model.backbone.type: unknown backbone type `ToyNett`; did you mean `ToyNet`? (registered backbones: "),
         "{msg}"
@@ -68,15 +71,24 @@ fn unknown_type_with_suggestion() {
 fn scoped_type_names_resolve() {
     vpetl_tests::init();
     let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("run.yaml", "model:\n  backbone: {type: test.ToyNet, depth: 2}\n")]);
+    write_tree(dir.path(), &[("run.yaml", "model:\n  type: ImageClassifier\n  head: {type: LinearHead, num_classes: 2}\n  backbone: {type: test.ToyNet, depth: 2}\n")]);
     let n = config::load(&dir.path().join("run.yaml"), &[]).unwrap();
     let run = RunConfig::from_node(&n).unwrap();
-    assert_eq!(run.model.unwrap().backbone.entry.qualified_name(), "test.ToyNet");
+    assert_eq!(run.model.unwrap().node.lookup("backbone.type").unwrap().as_str(), Some("test.ToyNet"));
+}
+
+#[test]
+fn unknown_model_type_with_suggestion() {
+    let msg = check(&[("run.yaml", "model: {type: ImageClassifer}\n")], "run.yaml");
+    assert!(
+        msg.starts_with("run.yaml: model.type: unknown model type `ImageClassifer`; did you mean `ImageClassifier`?"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn wrong_value_type() {
-    let msg = check(&[("run.yaml", "model:\n  backbone: {type: ToyNet, depth: twelve}\n")], "run.yaml");
+    let msg = check(&[("run.yaml", "model:\n  type: ImageClassifier\n  head: {type: LinearHead, num_classes: 2}\n  backbone: {type: ToyNet, depth: twelve}\n")], "run.yaml");
     assert_eq!(msg, "run.yaml: model.backbone.depth: expected an integer, found a string (\"twelve\")");
     let msg = check(&[("run.yaml", "seed: [1]\n")], "run.yaml");
     assert_eq!(msg, "run.yaml: seed: expected an integer, found a list (a list of 1)");
@@ -84,13 +96,13 @@ fn wrong_value_type() {
 
 #[test]
 fn missing_required_key() {
-    let msg = check(&[("run.yaml", "model:\n  backbone: {type: ToyNet}\n")], "run.yaml");
+    let msg = check(&[("run.yaml", "model:\n  type: ImageClassifier\n  head: {type: LinearHead, num_classes: 2}\n  backbone: {type: ToyNet}\n")], "run.yaml");
     assert_eq!(msg, "run.yaml: model.backbone: missing required key `depth`");
 }
 
 #[test]
 fn missing_type() {
-    let msg = check(&[("run.yaml", "model:\n  backbone: {depth: 2}\n")], "run.yaml");
+    let msg = check(&[("run.yaml", "model:\n  type: ImageClassifier\n  head: {type: LinearHead, num_classes: 2}\n  backbone: {depth: 2}\n")], "run.yaml");
     assert!(msg.starts_with("run.yaml: model.backbone: missing `type` (registered backbones: "), "{msg}");
 }
 

@@ -2,8 +2,10 @@
 //! (libtorch and CUDA set-up), logging and work directories.
 
 pub mod backbones;
+pub mod checkpoint;
 pub mod config;
 pub mod logging;
+pub mod model;
 pub mod registry;
 pub mod runtime;
 pub mod workdir;

@@ -88,6 +88,12 @@ pub struct Entry {
     pub parse: ParseFn,
 }
 
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.kind, self.qualified_name())
+    }
+}
+
 impl Entry {
     pub fn qualified_name(&self) -> String {
         format!("{}.{}", self.scope, self.name)

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::{from_node, ConfigError, Node};
-use crate::backbones::BackboneSpec;
+use crate::model::ModelSpec;
 use crate::registry::Component;
 
 #[derive(Debug, Deserialize)]
@@ -19,12 +19,7 @@ pub struct RunConfig {
     #[serde(default)]
     pub log_level: LogLevel,
     #[serde(default)]
-    pub model: Option<ModelConfig>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ModelConfig {
-    pub backbone: Component<dyn BackboneSpec>,
+    pub model: Option<Component<dyn ModelSpec>>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,148 @@
+//! Parity with timm: small models with random weights, built and run by timm in Python
+//! (`tests/python/timm_reference.py`), loaded and run by `tools/infer`; logits and every block's
+//! output must agree to 1e-4 (fp32, CPU).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+
+use tch::Tensor;
+
+const TOL: f64 = 1e-4;
+
+fn python() -> String {
+    std::env::var("VPETL_PYTHON").expect("VPETL_PYTHON is set by scripts/setup in .cargo/config.toml")
+}
+
+fn reference(dir: &Path, arch: &str, kwargs: &str, input: i64, extra: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/timm_reference.py");
+    let input = input.to_string();
+    let mut args = vec![script.to_str().unwrap(), dir.to_str().unwrap(), "--arch", arch, "--kwargs", kwargs, "--input-size", &input];
+    args.extend_from_slice(extra);
+    let out = Command::new(python()).args(&args).output().unwrap();
+    assert!(out.status.success(), "timm reference failed:\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn infer(dir: &Path, config: &str, checkpoint: &str) -> HashMap<String, Tensor> {
+    std::fs::write(dir.join("model.yaml"), config).unwrap();
+    let mut args = vec!["model.yaml", "--input", "input.safetensors", "--output", "actual.safetensors", "--features"];
+    if !checkpoint.is_empty() {
+        args.extend(["--checkpoint", checkpoint]);
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_infer")).current_dir(dir).args(&args).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "infer failed:\n{log}");
+    // Everything in the file must have gone somewhere: no missing or unexpected keys.
+    assert!(!log.contains("missing") && !log.contains("unexpected"), "incomplete load:\n{log}");
+    Tensor::read_safetensors(dir.join("actual.safetensors")).unwrap().into_iter().collect()
+}
+
+fn compare(dir: &Path, actual: &HashMap<String, Tensor>) -> usize {
+    let expected = Tensor::read_safetensors(dir.join("expected.safetensors")).unwrap();
+    for (name, want) in &expected {
+        let got = actual.get(name).unwrap_or_else(|| panic!("tools/infer wrote no `{name}`"));
+        assert_eq!(got.size(), want.size(), "{name}: shape");
+        let diff = (got - want).abs().max().double_value(&[]);
+        assert!(diff <= TOL, "{name}: max |Δ| = {diff:e} > {TOL:e}");
+    }
+    expected.len()
+}
+
+/// A model config for the same architecture as the timm kwargs.
+fn config(backbone: &str, kwargs: &str, img_size: i64) -> String {
+    let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(kwargs).unwrap();
+    let classes = v.remove("num_classes").unwrap();
+    v.insert("type".into(), backbone.into());
+    v.insert("img_size".into(), img_size.into());
+    let head = serde_json::json!({"type": "LinearHead", "num_classes": classes});
+    let model = serde_json::json!({"model": {"type": "ImageClassifier", "backbone": v, "head": head}});
+    serde_norway::to_string(&model).unwrap()
+}
+
+fn with_pretrained(config: &str, pretrained: &str) -> String {
+    format!("{config}  pretrained:\n{pretrained}")
+}
+
+fn check(arch: &str, backbone: &str, kwargs: &str, input: i64, extra: &[&str], checkpoint: &str) -> usize {
+    let dir = tempfile::tempdir().unwrap();
+    reference(dir.path(), arch, kwargs, input, extra);
+    let actual = infer(dir.path(), &config(backbone, kwargs, input), checkpoint);
+    compare(dir.path(), &actual)
+}
+
+const VIT: &str = r#""patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 4, "num_classes": 5"#;
+
+#[test]
+fn vit_class_token_pooling() {
+    let n = check("vit", "ViT", &format!("{{{VIT}}}"), 32, &[], "weights.safetensors");
+    assert_eq!(n, 1 + 3);
+}
+
+#[test]
+fn vit_mean_pooling_with_resampled_position_embedding() {
+    let kwargs = format!(r#"{{{VIT}, "global_pool": "avg"}}"#);
+    assert_eq!(check("vit", "ViT", &kwargs, 48, &["--load-size", "32"], "weights.safetensors"), 4);
+}
+
+#[test]
+fn vit_with_layer_scale() {
+    let kwargs = format!(r#"{{{VIT}, "init_values": 0.1}}"#);
+    assert_eq!(check("vit", "ViT", &kwargs, 32, &[], "weights.safetensors"), 4);
+}
+
+#[test]
+fn vit_from_google_npz_as_timm_loads_it() {
+    assert_eq!(check("vit", "ViT", &format!("{{{VIT}}}"), 32, &["--npz"], "weights.npz"), 4);
+}
+
+#[test]
+fn swin_at_a_size_that_is_not_a_multiple_of_the_window() {
+    // 88 px / patch 4 = 22 tokens, then 11: both padded to multiples of the window (4).
+    let kwargs = r#"{"patch_size": 4, "embed_dim": 16, "depths": [2, 2], "num_heads": [2, 4], "window_size": 4, "num_classes": 5}"#;
+    assert_eq!(check("swin", "Swin", kwargs, 88, &[], "weights.safetensors"), 1 + 4);
+}
+
+#[test]
+fn swin_where_the_window_shrinks_to_the_map() {
+    // 40 px / 4 = 10 tokens (window 7, padded to 14, shifted), then 5 (window shrinks to 5, no shift).
+    let kwargs = r#"{"patch_size": 4, "embed_dim": 16, "depths": [2, 2], "num_heads": [2, 4], "window_size": 7, "num_classes": 3}"#;
+    assert_eq!(check("swin", "Swin", kwargs, 40, &[], "weights.safetensors"), 1 + 4);
+}
+
+const SWIN: &str = r#"{"patch_size": 4, "embed_dim": 16, "depths": [2, 2], "num_heads": [2, 4], "window_size": 4, "num_classes": 5}"#;
+
+#[test]
+fn swin_from_a_microsoft_pth_named_in_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    reference(dir.path(), "swin", SWIN, 32, &["--pth"]);
+    let cfg = with_pretrained(
+        &config("Swin", SWIN, 32),
+        "    path: weights.pth\n    layout: microsoft\n    strip_prefix: [model.]\n    strict: true\n",
+    );
+    let actual = infer(dir.path(), &cfg, "");
+    assert_eq!(compare(dir.path(), &actual), 5);
+}
+
+#[test]
+fn a_pickle_that_calls_code_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("pwned");
+    let script = format!(
+        "import os, torch\nclass Evil:\n    def __reduce__(self):\n        return (os.system, ('touch {}',))\ntorch.save({{'model': Evil()}}, 'evil.pth')\n",
+        marker.display()
+    );
+    let out = Command::new(python()).current_dir(dir.path()).args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(dir.path().join("model.yaml"), config("ViT", &format!("{{{VIT}}}"), 32)).unwrap();
+    let input = Tensor::zeros([1, 3, 32, 32], (tch::Kind::Float, tch::Device::Cpu));
+    Tensor::write_safetensors(&[("input", input)], dir.path().join("input.safetensors")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_infer"))
+        .current_dir(dir.path())
+        .args(["model.yaml", "--checkpoint", "evil.pth", "--input", "input.safetensors", "--output", "o.safetensors"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("evil.pth: refusing to load") && err.contains("system"), "{err}");
+    assert!(!marker.exists(), "the pickle's code ran");
+}

@@ -1,0 +1,72 @@
+//! Layers shared by the transformer backbones, named as in timm.
+
+use tch::nn::{self, Module};
+use tch::Tensor;
+
+use super::sites::{Hooks, SiteId, SiteMap};
+
+/// LayerNorm with timm's eps for ViT/Swin (1e-6 and 1e-5 respectively, passed by the caller).
+pub fn layer_norm(vs: nn::Path, dim: i64, eps: f64) -> nn::LayerNorm {
+    nn::layer_norm(vs, vec![dim], nn::LayerNormConfig { eps, ..Default::default() })
+}
+
+/// A linear layer initialised as timm does for transformers (truncated normal, std 0.02; zero bias).
+pub fn linear(vs: nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> nn::Linear {
+    let ws = trunc_normal(&vs, "weight", &[out_dim, in_dim], 0.02);
+    let bs = bias.then(|| vs.zeros("bias", &[out_dim]));
+    nn::Linear { ws, bs }
+}
+
+/// A variable drawn from N(0, std²) truncated to ±2 std (timm's `trunc_normal_`).
+pub fn trunc_normal(vs: &nn::Path, name: &str, shape: &[i64], std: f64) -> Tensor {
+    let t = vs.var(name, shape, nn::Init::Randn { mean: 0.0, stdev: std });
+    tch::no_grad(|| {
+        let _ = t.shallow_clone().clamp_(-2.0 * std, 2.0 * std);
+    });
+    t
+}
+
+/// Stochastic depth (timm's `DropPath`, scaled by the keep probability).
+pub fn drop_path(x: Tensor, rate: f64, train: bool) -> Tensor {
+    if !train || rate <= 0.0 {
+        return x;
+    }
+    let keep = 1.0 - rate;
+    let mut shape = vec![x.size()[0]];
+    shape.extend(std::iter::repeat_n(1, x.dim() - 1));
+    let mask = Tensor::empty(shape.as_slice(), (x.kind(), x.device())).bernoulli_float_(keep) / keep;
+    x * mask
+}
+
+/// Per-channel learnable scale (`ls1.gamma`), present when a layer-scale init value is given.
+pub fn layer_scale(vs: &nn::Path, name: &str, dim: i64, init: Option<f64>) -> Option<Tensor> {
+    init.map(|v| (vs / name).var("gamma", &[dim], nn::Init::Const(v)))
+}
+
+/// timm's `Mlp`: fc1, exact GELU, fc2; both linears are sites.
+pub struct Mlp {
+    pub fc1: nn::Linear,
+    pub fc2: nn::Linear,
+    fc1_site: SiteId,
+    fc2_site: SiteId,
+}
+
+impl Mlp {
+    pub fn new(vs: nn::Path, dim: i64, hidden: i64, sites: &mut SiteMap, name: &str) -> Self {
+        let fc1 = linear(&vs / "fc1", dim, hidden, true);
+        let fc2 = linear(&vs / "fc2", hidden, dim, true);
+        let fc1_site = sites.linear(format!("{name}.fc1"), &fc1);
+        let fc2_site = sites.linear(format!("{name}.fc2"), &fc2);
+        Mlp { fc1, fc2, fc1_site, fc2_site }
+    }
+
+    pub fn forward(&self, x: &Tensor, hooks: &Hooks, train: bool) -> Tensor {
+        let h = hooks.linear(self.fc1_site, x, &self.fc1, train).gelu("none");
+        hooks.linear(self.fc2_site, &h, &self.fc2, train)
+    }
+}
+
+/// Applies a LayerNorm and its norm site.
+pub fn norm(layer: &nn::LayerNorm, site: SiteId, x: &Tensor, hooks: &Hooks, train: bool) -> Tensor {
+    hooks.norm(site, layer.forward(x), train)
+}

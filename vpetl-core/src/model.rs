@@ -1,0 +1,41 @@
+//! Models: a backbone with the hooks its methods installed, and a task head. The model kind is
+//! what a config's `model:` selects (e.g. `cls.ImageClassifier`).
+
+use tch::{nn, Tensor};
+
+use crate::backbones::{Backbone, BackboneOutput, ForwardOpts};
+use crate::registry::{Kind, KindOf};
+
+pub trait ModelSpec: std::fmt::Debug {
+    /// Builds the model with its variables in `vs` (`backbone.*`, `head.*`, `methods.*`) and loads
+    /// the pretrained weights the config names.
+    fn build(&self, vs: &nn::VarStore) -> anyhow::Result<Box<dyn Model>>;
+}
+
+impl KindOf for dyn ModelSpec {
+    const KIND: Kind = Kind::Model;
+}
+
+pub struct ModelOutput {
+    /// Task output (classification logits `(B, classes)`).
+    pub logits: Tensor,
+    pub features: BackboneOutput,
+}
+
+pub trait Model {
+    fn backbone(&self) -> &dyn Backbone;
+    fn forward(&self, x: &Tensor, opts: ForwardOpts) -> ModelOutput;
+}
+
+/// A task head's typed config.
+pub trait HeadSpec: std::fmt::Debug {
+    fn build(&self, vs: nn::Path, in_dim: i64) -> anyhow::Result<Box<dyn Head>>;
+}
+
+impl KindOf for dyn HeadSpec {
+    const KIND: Kind = Kind::Head;
+}
+
+pub trait Head {
+    fn forward(&self, features: &BackboneOutput, train: bool) -> Tensor;
+}
