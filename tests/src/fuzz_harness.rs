@@ -37,3 +37,14 @@ fn scratch_dir(what: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// `.npz` reader: any bytes give tensors or a `CheckpointError`, never a panic or a hang.
+pub fn npz_read(data: &[u8]) {
+    let _ = vpetl_core::checkpoint::npz::read_npz_bytes(data, "fuzz.npz");
+}
+
+/// `.pth` reader (zip archive + restricted unpickler): any bytes give tensors or a
+/// `CheckpointError`, never a panic, a hang, or code execution.
+pub fn pth_read(data: &[u8]) {
+    let _ = vpetl_core::checkpoint::pth::read_pth_bytes(data, "fuzz.pth");
+}

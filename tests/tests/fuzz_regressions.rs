@@ -22,3 +22,13 @@ fn config_load_inputs() {
     vpetl_tests::init();
     assert!(replay("config_load", vpetl_tests::fuzz_harness::config_load) >= 2, "the seed corpus is missing");
 }
+
+#[test]
+fn npz_read_inputs() {
+    assert!(replay("npz_read", vpetl_tests::fuzz_harness::npz_read) >= 2, "the seed corpus is missing");
+}
+
+#[test]
+fn pth_read_inputs() {
+    assert!(replay("pth_read", vpetl_tests::fuzz_harness::pth_read) >= 2, "the seed corpus is missing");
+}

@@ -20,7 +20,7 @@ use tracing_subscriber::{fmt, EnvFilter, Layer};
 pub fn init_console(level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let _ = tracing_subscriber::registry()
-        .with(fmt::layer().with_writer(std::io::stderr).with_target(false).with_filter(filter))
+        .with(fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).with_target(false).with_filter(filter))
         .try_init();
 }
 
@@ -30,7 +30,7 @@ pub fn init_with_file(level: &str, log_file: &Path) -> anyhow::Result<()> {
     let console_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let file_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     tracing_subscriber::registry()
-        .with(fmt::layer().with_writer(std::io::stderr).with_target(false).with_filter(console_filter))
+        .with(fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).with_target(false).with_filter(console_filter))
         .with(fmt::layer().with_writer(Mutex::new(file)).with_ansi(false).with_target(false).with_filter(file_filter))
         .try_init()
         .context("logging was already initialised")?;

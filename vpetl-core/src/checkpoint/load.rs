@@ -55,17 +55,24 @@ pub enum Layout {
     Native,
 }
 
-/// Reads every tensor of a `.safetensors`, `.npz` or `.pth`/`.pt`/`.bin` file onto the CPU.
-pub fn read_tensors(path: &Path) -> anyhow::Result<Vec<(String, Tensor)>> {
+/// Reads every tensor of a `.safetensors`, `.npz` or `.pth`/`.pt`/`.bin` file onto the CPU, with
+/// the file's non-tensor entries described (`epoch (int 300)`).
+pub fn read_tensors(path: &Path) -> anyhow::Result<(Vec<(String, Tensor)>, Vec<String>)> {
     let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
     if !path.exists() {
         bail!("checkpoint {} does not exist", path.display());
     }
     match ext.as_str() {
-        "safetensors" => Tensor::read_safetensors(path)
-            .with_context(|| format!("{}: not a readable safetensors file", path.display())),
-        "npz" => Ok(npz::read_npz(path)?.into_iter().map(|(k, t)| (k, to_tensor(&t))).collect()),
-        "pth" | "pt" | "bin" | "ckpt" => Ok(pth::read_pth(path)?.tensors.into_iter().map(|(k, t)| (k, to_tensor(&t))).collect()),
+        "safetensors" => Ok((
+            Tensor::read_safetensors(path).with_context(|| format!("{}: not a readable safetensors file", path.display()))?,
+            Vec::new(),
+        )),
+        "npz" => Ok((npz::read_npz(path)?.into_iter().map(|(k, t)| (k, to_tensor(&t))).collect(), Vec::new())),
+        "pth" | "pt" | "bin" | "ckpt" => {
+            let contents = pth::read_pth(path)?;
+            let skipped = contents.skipped.into_iter().map(|(k, what)| format!("{k} ({what})")).collect();
+            Ok((contents.tensors.into_iter().map(|(k, t)| (k, to_tensor(&t))).collect(), skipped))
+        }
         _ => bail!("{}: unknown checkpoint format (expected .safetensors, .npz, .pth, .pt or .bin)", path.display()),
     }
 }
@@ -189,8 +196,8 @@ pub fn map_keys(
 
 /// Reads `spec.path`, maps its keys and copies the values into `vs`.
 pub fn load_pretrained(vs: &nn::VarStore, spec: &PretrainedSpec, backbone: &dyn Backbone) -> anyhow::Result<LoadReport> {
-    let tensors = read_tensors(&spec.path)?;
-    let mut report = LoadReport { file: spec.path.display().to_string(), ..Default::default() };
+    let (tensors, skipped) = read_tensors(&spec.path)?;
+    let mut report = LoadReport { file: spec.path.display().to_string(), skipped, ..Default::default() };
     let (layout, mapped) = map_keys(spec, tensors, backbone, &mut report)
         .with_context(|| format!("cannot map the keys of {}", spec.path.display()))?;
     // timm's npz loader resamples position embeddings bilinearly; its state-dict filter bicubically.

@@ -1,0 +1,4 @@
+//! Fuzzes the `.pth` reader; the body is `vpetl_tests::fuzz_harness::pth_read`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| vpetl_tests::fuzz_harness::pth_read(data));
