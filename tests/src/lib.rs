@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests in `tests/tests/`.
 
 pub mod fuzz_harness;
+pub mod method_harness;
 
 use std::path::{Path, PathBuf};
 

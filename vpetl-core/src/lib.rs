@@ -5,6 +5,7 @@ pub mod backbones;
 pub mod checkpoint;
 pub mod config;
 pub mod logging;
+pub mod methods;
 pub mod model;
 pub mod registry;
 pub mod runtime;

@@ -1,7 +1,11 @@
 //! Models: a backbone with the hooks its methods installed, and a task head. The model kind is
 //! what a config's `model:` selects (e.g. `cls.ImageClassifier`).
 
+use std::collections::BTreeMap;
+
 use tch::{nn, Tensor};
+
+use crate::methods::trainability::ParamCounts;
 
 use crate::backbones::{Backbone, BackboneOutput, ForwardOpts};
 use crate::registry::{Kind, KindOf};
@@ -25,6 +29,11 @@ pub struct ModelOutput {
 pub trait Model {
     fn backbone(&self) -> &dyn Backbone;
     fn forward(&self, x: &Tensor, opts: ForwardOpts) -> ModelOutput;
+    /// Trainable and total parameters, as decided when the model was built.
+    fn param_counts(&self) -> &ParamCounts;
+    /// The backbone's weights (names without `backbone.`) with every method folded in; an error
+    /// when a method cannot be merged.
+    fn merged_backbone(&self, vs: &nn::VarStore) -> anyhow::Result<BTreeMap<String, Tensor>>;
 }
 
 /// A task head's typed config.

@@ -1,0 +1,126 @@
+"""Plain-PyTorch re-implementations of the PETL methods, written from the papers for the parity
+tests (tests/src/method_harness.rs). Not copied from any method's code.
+
+Given the Rust model's variables (weights.safetensors: `backbone.*`, `methods.<name>.*`, `head.*`)
+and an input, builds the same tiny timm backbone, applies the method with those tensors as
+parameters, and writes the logits and the gradient of every method parameter of
+loss = sum(logits * linspace(-1, 1)) to expected.safetensors (`logits`, `grad.<name>`).
+
+Usage: petl_reference.py DIR --backbone JSON --num-classes N --method NAME --options JSON
+"""
+import argparse
+import json
+import re
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+
+def build_backbone(spec, num_classes):
+    spec = dict(spec)
+    kind = spec.pop("type")
+    if kind == "ViT":
+        from timm.models.vision_transformer import VisionTransformer
+        return VisionTransformer(num_classes=num_classes, **spec)
+    from timm.models.swin_transformer import SwinTransformer
+    return SwinTransformer(num_classes=num_classes, **spec)
+
+
+def to_timm_names(weights, is_swin):
+    """Our variable names (Microsoft's for Swin) to timm's state-dict names."""
+    out = {}
+    for k, v in weights.items():
+        if k.startswith("backbone."):
+            k = k[len("backbone."):]
+            if is_swin:
+                k = re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) + 1}.downsample", k)
+            out[k] = v
+        elif k.startswith("head."):
+            out[("head.fc." if is_swin else "head.") + k[len("head."):]] = v
+    return out
+
+
+class Params:
+    """The method's tensors as leaf parameters, by their Rust names."""
+
+    def __init__(self, weights, prefix):
+        self.prefix = prefix
+        self.p = {k: nn.Parameter(v.clone()) for k, v in weights.items() if k.startswith(prefix)}
+
+    def __getitem__(self, name):
+        return self.p[self.prefix + name]
+
+    def grads(self):
+        return {f"grad.{k}": v.grad for k, v in self.p.items() if v.grad is not None}
+
+
+# ---- LoRA (Hu et al. 2021): y = W x + (alpha / r) B A x, per q/k/v part on a fused qkv layer.
+
+class LoraLinear(nn.Module):
+    def __init__(self, base, parts, scale):
+        super().__init__()
+        self.base, self.parts, self.scale = base, parts, scale
+
+    def forward(self, x):
+        y = self.base(x)
+        delta = torch.zeros_like(y)
+        for offset, a, b in self.parts:
+            d = x @ a.t() @ b.t()
+            delta = delta + nn.functional.pad(d, [offset, y.shape[-1] - offset - d.shape[-1]])
+        return y + self.scale * delta
+
+
+def apply_lora(model, params, opts):
+    rank, alpha = opts.get("rank", 8), opts.get("alpha", 8.0)
+    parts = opts.get("parts", ["q", "v"])
+    target = re.compile(opts.get("target", r".*attn\.qkv"))
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and target.fullmatch(n)]
+    assert names, "no target matched"
+    for name in names:
+        parent_name, attr = name.rsplit(".", 1)
+        parent = model.get_submodule(parent_name)
+        base = getattr(parent, attr)
+        d = base.in_features
+        site = "." + name
+        if name.endswith("attn.qkv") and base.out_features == 3 * d:
+            offsets = {"q": 0, "k": d, "v": 2 * d}
+            slices = [(offsets[p], params[f"{site}.lora_a_{p}"], params[f"{site}.lora_b_{p}"]) for p in sorted(set(parts))]
+        else:
+            slices = [(0, params[f"{site}.lora_a"], params[f"{site}.lora_b"])]
+        setattr(parent, attr, LoraLinear(base, slices, alpha / rank))
+
+
+METHODS = {"lora": ("methods.lora", apply_lora)}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("dir")
+    ap.add_argument("--backbone", required=True)
+    ap.add_argument("--num-classes", type=int, required=True)
+    ap.add_argument("--method", required=True, choices=sorted(METHODS))
+    ap.add_argument("--options", default="{}")
+    a = ap.parse_args()
+    spec = json.loads(a.backbone)
+    weights = load_file(f"{a.dir}/weights.safetensors")
+    model = build_backbone(spec, a.num_classes).eval()
+    missing, unexpected = model.load_state_dict(to_timm_names(weights, spec["type"] == "Swin"), strict=False)
+    assert not [m for m in missing if "relative_position_index" not in m and "attn_mask" not in m], missing
+    assert not unexpected, unexpected
+    for p in model.parameters():
+        p.requires_grad_(False)
+    prefix, apply = METHODS[a.method]
+    params = Params(weights, prefix)
+    apply(model, params, json.loads(a.options))
+    x = load_file(f"{a.dir}/input.safetensors")["input"]
+    logits = model(x)
+    w = torch.linspace(-1.0, 1.0, logits.numel()).view_as(logits)
+    (logits * w).sum().backward()
+    out = {"logits": logits.detach()}
+    out.update(params.grads())
+    save_file({k: v.contiguous() for k, v in out.items()}, f"{a.dir}/expected.safetensors")
+
+
+if __name__ == "__main__":
+    main()
