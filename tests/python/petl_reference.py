@@ -6,15 +6,24 @@ and an input, builds the same tiny timm backbone, applies the method with those 
 parameters, and writes the logits and the gradient of every method parameter of
 loss = sum(logits * linspace(-1, 1)) to expected.safetensors (`logits`, `grad.<name>`).
 
-Usage: petl_reference.py DIR --backbone JSON --num-classes N --method NAME --options JSON
+Each method lives in petl_ref/<method>.py and defines `apply(model, params, options)`, which
+modifies the timm model in place using `params[".<site or name>"]` (the method's tensors by their
+names under `methods.<method>`).
+
+Usage: petl_reference.py DIR --backbone JSON --num-classes N --method NAME [--prefix P] --options JSON
 """
 import argparse
+import importlib
 import json
+import os
 import re
+import sys
 
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def build_backbone(spec, num_classes):
@@ -55,43 +64,6 @@ class Params:
         return {f"grad.{k}": v.grad for k, v in self.p.items() if v.grad is not None}
 
 
-# ---- LoRA (Hu et al. 2021): y = W x + (alpha / r) B A x, per q/k/v part on a fused qkv layer.
-
-class LoraLinear(nn.Module):
-    def __init__(self, base, parts, scale):
-        super().__init__()
-        self.base, self.parts, self.scale = base, parts, scale
-
-    def forward(self, x):
-        y = self.base(x)
-        delta = torch.zeros_like(y)
-        for offset, a, b in self.parts:
-            d = x @ a.t() @ b.t()
-            delta = delta + nn.functional.pad(d, [offset, y.shape[-1] - offset - d.shape[-1]])
-        return y + self.scale * delta
-
-
-def apply_lora(model, params, opts):
-    rank, alpha = opts.get("rank", 8), opts.get("alpha", 8.0)
-    parts = opts.get("parts", ["q", "v"])
-    target = re.compile(opts.get("target", r".*attn\.qkv"))
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and target.fullmatch(n)]
-    assert names, "no target matched"
-    for name in names:
-        parent_name, attr = name.rsplit(".", 1)
-        parent = model.get_submodule(parent_name)
-        base = getattr(parent, attr)
-        d = base.in_features
-        site = "." + name
-        if name.endswith("attn.qkv") and base.out_features == 3 * d:
-            offsets = {"q": 0, "k": d, "v": 2 * d}
-            slices = [(offsets[p], params[f"{site}.lora_a_{p}"], params[f"{site}.lora_b_{p}"]) for p in sorted(set(parts))]
-        else:
-            slices = [(0, params[f"{site}.lora_a"], params[f"{site}.lora_b"])]
-        setattr(parent, attr, LoraLinear(base, slices, alpha / rank))
-
-
-METHODS = {"lora": ("methods.lora", apply_lora)}
 
 
 def main():
@@ -99,7 +71,8 @@ def main():
     ap.add_argument("dir")
     ap.add_argument("--backbone", required=True)
     ap.add_argument("--num-classes", type=int, required=True)
-    ap.add_argument("--method", required=True, choices=sorted(METHODS))
+    ap.add_argument("--method", required=True, help="a module of petl_ref/ (lora, adapter, ...)")
+    ap.add_argument("--prefix", help="the method's variable namespace (default methods.<method>)")
     ap.add_argument("--options", default="{}")
     a = ap.parse_args()
     spec = json.loads(a.backbone)
@@ -110,9 +83,9 @@ def main():
     assert not unexpected, unexpected
     for p in model.parameters():
         p.requires_grad_(False)
-    prefix, apply = METHODS[a.method]
-    params = Params(weights, prefix)
-    apply(model, params, json.loads(a.options))
+    method = importlib.import_module(f"petl_ref.{a.method}")
+    params = Params(weights, (a.prefix or f"methods.{a.method}"))
+    method.apply(model, params, json.loads(a.options))
     x = load_file(f"{a.dir}/input.safetensors")["input"]
     logits = model(x)
     w = torch.linspace(-1.0, 1.0, logits.numel()).view_as(logits)

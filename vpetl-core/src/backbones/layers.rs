@@ -3,7 +3,7 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-use super::sites::{Hooks, SiteId, SiteMap};
+use super::sites::{Ctx, Hooks, SiteId, SiteMap};
 
 /// LayerNorm with timm's eps for ViT/Swin (1e-6 and 1e-5 respectively, passed by the caller).
 pub fn layer_norm(vs: nn::Path, dim: i64, eps: f64) -> nn::LayerNorm {
@@ -60,13 +60,13 @@ impl Mlp {
         Mlp { fc1, fc2, fc1_site, fc2_site }
     }
 
-    pub fn forward(&self, x: &Tensor, hooks: &Hooks, train: bool) -> Tensor {
-        let h = hooks.linear(self.fc1_site, x, &self.fc1, train).gelu("none");
-        hooks.linear(self.fc2_site, &h, &self.fc2, train)
+    pub fn forward(&self, x: &Tensor, hooks: &Hooks, ctx: &Ctx) -> Tensor {
+        let h = hooks.linear(self.fc1_site, x, &self.fc1, ctx).gelu("none");
+        hooks.linear(self.fc2_site, &h, &self.fc2, ctx)
     }
 }
 
 /// Applies a LayerNorm and its norm site.
-pub fn norm(layer: &nn::LayerNorm, site: SiteId, x: &Tensor, hooks: &Hooks, train: bool) -> Tensor {
-    hooks.norm(site, layer.forward(x), train)
+pub fn norm(layer: &nn::LayerNorm, site: SiteId, x: &Tensor, hooks: &Hooks, ctx: &Ctx) -> Tensor {
+    hooks.norm(site, layer.forward(x), ctx)
 }

@@ -191,31 +191,48 @@ pub struct Tokens {
     pub grid: (i64, i64),
 }
 
+/// What every hook sees besides its tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ctx {
+    /// Training mode (dropout and drop path active).
+    pub train: bool,
+    /// Leading non-patch tokens of the current sequence (class, register, prompt); 0 for Swin maps.
+    pub num_prefix: i64,
+    /// The current patch grid (height, width).
+    pub grid: (i64, i64),
+}
+
+impl Ctx {
+    pub fn of(t: &Tokens, train: bool) -> Self {
+        Ctx { train, num_prefix: t.num_prefix, grid: t.grid }
+    }
+}
+
 pub trait LinearHook: Send {
     /// Replaces the layer's input (re-parameterisable input adapters).
-    fn input(&self, _x: &Tensor, _train: bool) -> Option<Tensor> {
+    fn input(&self, _x: &Tensor, _ctx: &Ctx) -> Option<Tensor> {
         None
     }
     /// Transforms the layer's output `y` given its input `x`.
-    fn output(&self, x: &Tensor, y: Tensor, train: bool) -> Tensor;
+    fn output(&self, x: &Tensor, y: Tensor, ctx: &Ctx) -> Tensor;
 }
 
 pub trait AttentionHook: Send {
     /// Extends keys and values, each `(B, heads, N, head_dim)`.
-    fn extend_kv(&self, k: Tensor, v: Tensor, train: bool) -> (Tensor, Tensor);
+    fn extend_kv(&self, k: Tensor, v: Tensor, ctx: &Ctx) -> (Tensor, Tensor);
 }
 
 pub trait BranchHook: Send {
     /// The residual branch's new output given its input `x` and output `y`.
-    fn forward(&self, x: &Tensor, y: Tensor, train: bool) -> Tensor;
+    fn forward(&self, x: &Tensor, y: Tensor, ctx: &Ctx) -> Tensor;
 }
 
 pub trait TokensHook: Send {
-    fn forward(&self, t: Tokens, train: bool) -> Tokens;
+    fn forward(&self, t: Tokens, ctx: &Ctx) -> Tokens;
 }
 
 pub trait NormHook: Send {
-    fn forward(&self, y: Tensor, train: bool) -> Tensor;
+    fn forward(&self, y: Tensor, ctx: &Ctx) -> Tensor;
 }
 
 pub enum Hook {
@@ -271,7 +288,7 @@ impl Hooks {
     }
 
     /// Runs a linear layer through its site.
-    pub fn linear(&self, id: SiteId, x: &Tensor, layer: &tch::nn::Linear, train: bool) -> Tensor {
+    pub fn linear(&self, id: SiteId, x: &Tensor, layer: &tch::nn::Linear, ctx: &Ctx) -> Tensor {
         let hooks = self.at(id);
         if hooks.is_empty() {
             return x.apply(layer);
@@ -279,7 +296,7 @@ impl Hooks {
         let mut input: Option<Tensor> = None;
         for h in hooks {
             if let Hook::Linear(h) = h {
-                if let Some(new) = h.input(input.as_ref().unwrap_or(x), train) {
+                if let Some(new) = h.input(input.as_ref().unwrap_or(x), ctx) {
                     input = Some(new);
                 }
             }
@@ -288,43 +305,45 @@ impl Hooks {
         let mut y = x.apply(layer);
         for h in hooks {
             if let Hook::Linear(h) = h {
-                y = h.output(x, y, train);
+                y = h.output(x, y, ctx);
             }
         }
         y
     }
 
-    pub fn attention_kv(&self, id: SiteId, mut k: Tensor, mut v: Tensor, train: bool) -> (Tensor, Tensor) {
+    pub fn attention_kv(&self, id: SiteId, mut k: Tensor, mut v: Tensor, ctx: &Ctx) -> (Tensor, Tensor) {
         for h in self.at(id) {
             if let Hook::Attention(h) = h {
-                (k, v) = h.extend_kv(k, v, train);
+                (k, v) = h.extend_kv(k, v, ctx);
             }
         }
         (k, v)
     }
 
-    pub fn branch(&self, id: SiteId, x: &Tensor, mut y: Tensor, train: bool) -> Tensor {
+    pub fn branch(&self, id: SiteId, x: &Tensor, mut y: Tensor, ctx: &Ctx) -> Tensor {
         for h in self.at(id) {
             if let Hook::Branch(h) = h {
-                y = h.forward(x, y, train);
+                y = h.forward(x, y, ctx);
             }
         }
         y
     }
 
+    /// Runs the tokens hooks; each sees the layout of the tokens it receives.
     pub fn tokens(&self, id: SiteId, mut t: Tokens, train: bool) -> Tokens {
         for h in self.at(id) {
             if let Hook::Tokens(h) = h {
-                t = h.forward(t, train);
+                let ctx = Ctx::of(&t, train);
+                t = h.forward(t, &ctx);
             }
         }
         t
     }
 
-    pub fn norm(&self, id: SiteId, mut y: Tensor, train: bool) -> Tensor {
+    pub fn norm(&self, id: SiteId, mut y: Tensor, ctx: &Ctx) -> Tensor {
         for h in self.at(id) {
             if let Hook::Norm(h) = h {
-                y = h.forward(y, train);
+                y = h.forward(y, ctx);
             }
         }
         y

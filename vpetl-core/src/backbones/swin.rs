@@ -23,7 +23,7 @@ use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
 use super::layers::{drop_path, layer_norm, linear, norm, trunc_normal, Mlp};
-use super::sites::{Hooks, SiteId, SiteKind, SiteMap, Tokens};
+use super::sites::{Ctx, Hooks, SiteId, SiteKind, SiteMap, Tokens};
 use super::{Backbone, BackboneOutput, BackboneSpec, ForwardOpts, Resample};
 use crate::checkpoint::load::Layout;
 
@@ -136,15 +136,15 @@ impl WindowAttention {
     }
 
     /// `x`: `(B*nW, N, C)` windows; `mask`: `(nW, N, N)` additive shift mask.
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>, hooks: &Hooks, train: bool) -> Tensor {
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>, hooks: &Hooks, ctx: &Ctx) -> Tensor {
         let (bw, n, c) = x.size3().expect("windows are (B*nW, N, C)");
         let head_dim = c / self.num_heads;
         let qkv = hooks
-            .linear(self.qkv_site, x, &self.qkv, train)
+            .linear(self.qkv_site, x, &self.qkv, ctx)
             .reshape([bw, n, 3, self.num_heads, head_dim])
             .permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        let (k, v) = hooks.attention_kv(self.attn_site, k, v, train);
+        let (k, v) = hooks.attention_kv(self.attn_site, k, v, ctx);
         let mut attn_mask = self.bias().to_kind(q.kind());
         if let Some(m) = mask {
             let nw = m.size()[0];
@@ -158,7 +158,7 @@ impl WindowAttention {
         }
         let out = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(attn_mask), 0.0, false, None, false);
         let out = out.transpose(1, 2).reshape([bw, n, c]);
-        hooks.linear(self.proj_site, &out, &self.proj, train)
+        hooks.linear(self.proj_site, &out, &self.proj, ctx)
     }
 }
 
@@ -246,7 +246,7 @@ impl SwinBlock {
     }
 
     /// Shifted-window attention on a normalised `(B, H, W, C)` map.
-    fn window_attention(&self, x: &Tensor, hooks: &Hooks, train: bool) -> Tensor {
+    fn window_attention(&self, x: &Tensor, hooks: &Hooks, ctx: &Ctx) -> Tensor {
         let (_, h, w, _) = x.size4().expect("maps are (B, H, W, C)");
         let (win, shift) = (self.window, self.shift);
         let (pad_h, pad_w) = ((win.0 - h % win.0) % win.0, (win.1 - w % win.1) % win.1);
@@ -260,7 +260,7 @@ impl SwinBlock {
         };
         let mask = shifted.then(|| shift_mask(hp, wp, win, shift, x.device()));
         let windows = window_partition(&prepared, win);
-        let out = self.attn.forward(&windows, mask.as_ref(), hooks, train);
+        let out = self.attn.forward(&windows, mask.as_ref(), hooks, ctx);
         let merged = window_reverse(&out, win, hp, wp);
         match self.mode {
             WindowMode::Classification => roll(&merged.narrow(1, 0, h).narrow(2, 0, w), 1),
@@ -270,16 +270,17 @@ impl SwinBlock {
 
     fn forward(&self, t: Tokens, hooks: &Hooks, train: bool) -> Tokens {
         let t = hooks.tokens(self.in_site, t, train);
+        let ctx = &Ctx::of(&t, train);
         let x = t.x;
-        let h = norm(&self.norm1, self.norm1_site, &x, hooks, train);
-        let a = self.window_attention(&h, hooks, train);
-        let a = hooks.branch(self.attn_branch_site, &x, a, train);
-        let x = x + drop_path(a, self.drop_path, train);
-        let h = norm(&self.norm2, self.norm2_site, &x, hooks, train);
-        let m = self.mlp.forward(&h, hooks, train);
-        let m = hooks.branch(self.mlp_branch_site, &x, m, train);
-        let x = &x + drop_path(m, self.drop_path, train);
-        hooks.tokens(self.out_site, Tokens { x, ..t }, train)
+        let h = norm(&self.norm1, self.norm1_site, &x, hooks, ctx);
+        let a = self.window_attention(&h, hooks, ctx);
+        let a = hooks.branch(self.attn_branch_site, &x, a, ctx);
+        let x = x + drop_path(a, self.drop_path, ctx.train);
+        let h = norm(&self.norm2, self.norm2_site, &x, hooks, ctx);
+        let m = self.mlp.forward(&h, hooks, ctx);
+        let m = hooks.branch(self.mlp_branch_site, &x, m, ctx);
+        let x = &x + drop_path(m, self.drop_path, ctx.train);
+        hooks.tokens(self.out_site, Tokens { x, ..t }, ctx.train)
     }
 }
 
@@ -314,13 +315,13 @@ impl PatchMerging {
         PatchMerging { norm, reduction, reduction_site }
     }
 
-    fn forward(&self, x: &Tensor, hooks: &Hooks, train: bool) -> Tensor {
+    fn forward(&self, x: &Tensor, hooks: &Hooks, ctx: &Ctx) -> Tensor {
         let (b, h, w, c) = x.size4().expect("maps are (B, H, W, C)");
         let x = if h % 2 + w % 2 > 0 { x.constant_pad_nd([0, 0, 0, w % 2, 0, h % 2]) } else { x.shallow_clone() };
         let (h, w) = ((h + 1) / 2, (w + 1) / 2);
         // Concatenates x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2] (Microsoft's order).
         let x = x.reshape([b, h, 2, w, 2, c]).permute([0, 1, 3, 4, 2, 5]).flatten(3, 5);
-        hooks.linear(self.reduction_site, &self.norm.forward(&x), &self.reduction, train)
+        hooks.linear(self.reduction_site, &self.norm.forward(&x), &self.reduction, ctx)
     }
 }
 
@@ -414,7 +415,8 @@ impl Backbone for Swin {
         let x = if ph + pw > 0 { x.constant_pad_nd([0, pw, 0, ph]) } else { x.shallow_clone() };
         let x = self.patch_norm.forward(&self.patch_embed.forward(&x).permute([0, 2, 3, 1]));
         let grid = (x.size()[1], x.size()[2]);
-        let mut t = hooks.tokens(self.input_site, Tokens { x, num_prefix: 0, grid }, train);
+        let t = Tokens { x, num_prefix: 0, grid };
+        let mut t = hooks.tokens(self.input_site, t, train);
         let mut blocks = Vec::new();
         let mut stages = Vec::new();
         for stage in &self.stages {
@@ -430,12 +432,12 @@ impl Backbone for Swin {
             };
             stages.push(out.permute([0, 3, 1, 2]));
             if let Some(d) = &stage.downsample {
-                let x = d.forward(&t.x, hooks, train);
+                let x = d.forward(&t.x, hooks, &Ctx::of(&t, train));
                 let grid = (x.size()[1], x.size()[2]);
                 t = Tokens { x, num_prefix: 0, grid };
             }
         }
-        let tokens = norm(&self.norm, self.norm_site, &t.x, hooks, train);
+        let tokens = norm(&self.norm, self.norm_site, &t.x, hooks, &Ctx::of(&t, train));
         let pooled = tokens.mean_dim([1, 2].as_slice(), false, None);
         BackboneOutput { pooled, tokens, blocks, stages }
     }

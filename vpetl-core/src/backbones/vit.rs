@@ -15,7 +15,7 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::layers::{drop_path, layer_norm, layer_scale, linear, norm, trunc_normal, Mlp};
-use super::sites::{Hooks, SiteId, SiteKind, SiteMap, Tokens};
+use super::sites::{Ctx, Hooks, SiteId, SiteKind, SiteMap, Tokens};
 use super::{Backbone, BackboneOutput, BackboneSpec, ForwardOpts, Resample};
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
@@ -116,18 +116,18 @@ impl Attention {
         Attention { qkv, proj, num_heads: spec.num_heads, qkv_site, attn_site, proj_site }
     }
 
-    fn forward(&self, x: &Tensor, hooks: &Hooks, train: bool) -> Tensor {
+    fn forward(&self, x: &Tensor, hooks: &Hooks, ctx: &Ctx) -> Tensor {
         let (b, n, c) = x.size3().expect("tokens are (B, N, C)");
         let head_dim = c / self.num_heads;
         let qkv = hooks
-            .linear(self.qkv_site, x, &self.qkv, train)
+            .linear(self.qkv_site, x, &self.qkv, ctx)
             .reshape([b, n, 3, self.num_heads, head_dim])
             .permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        let (k, v) = hooks.attention_kv(self.attn_site, k, v, train);
+        let (k, v) = hooks.attention_kv(self.attn_site, k, v, ctx);
         let out = Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, false, None, false);
         let out = out.transpose(1, 2).reshape([b, n, c]);
-        hooks.linear(self.proj_site, &out, &self.proj, train)
+        hooks.linear(self.proj_site, &out, &self.proj, ctx)
     }
 }
 
@@ -185,16 +185,17 @@ impl Block {
 
     fn forward(&self, t: Tokens, hooks: &Hooks, train: bool) -> Tokens {
         let t = hooks.tokens(self.in_site, t, train);
+        let ctx = &Ctx::of(&t, train);
         let x = t.x;
-        let h = norm(&self.norm1, self.norm1_site, &x, hooks, train);
-        let a = self.attn.forward(&h, hooks, train);
-        let a = scale(hooks.branch(self.attn_branch_site, &x, a, train), &self.ls1);
-        let x = x + drop_path(a, self.drop_path, train);
-        let h = norm(&self.norm2, self.norm2_site, &x, hooks, train);
-        let m = self.mlp.forward(&h, hooks, train);
-        let m = scale(hooks.branch(self.mlp_branch_site, &x, m, train), &self.ls2);
-        let x = &x + drop_path(m, self.drop_path, train);
-        hooks.tokens(self.out_site, Tokens { x, ..t }, train)
+        let h = norm(&self.norm1, self.norm1_site, &x, hooks, ctx);
+        let a = self.attn.forward(&h, hooks, ctx);
+        let a = scale(hooks.branch(self.attn_branch_site, &x, a, ctx), &self.ls1);
+        let x = x + drop_path(a, self.drop_path, ctx.train);
+        let h = norm(&self.norm2, self.norm2_site, &x, hooks, ctx);
+        let m = self.mlp.forward(&h, hooks, ctx);
+        let m = scale(hooks.branch(self.mlp_branch_site, &x, m, ctx), &self.ls2);
+        let x = &x + drop_path(m, self.drop_path, ctx.train);
+        hooks.tokens(self.out_site, Tokens { x, ..t }, ctx.train)
     }
 }
 
@@ -371,9 +372,10 @@ impl Backbone for Vit {
         }
         let (tokens, pooled) = if self.use_fc_norm {
             let pooled = pool(&t, self.spec.global_pool);
-            (t.x.shallow_clone(), norm(&self.final_norm, self.final_norm_site, &pooled, hooks, train))
+            let ctx = Ctx::of(&t, train);
+            (t.x.shallow_clone(), norm(&self.final_norm, self.final_norm_site, &pooled, hooks, &ctx))
         } else {
-            let normed = norm(&self.final_norm, self.final_norm_site, &t.x, hooks, train);
+            let normed = norm(&self.final_norm, self.final_norm_site, &t.x, hooks, &Ctx::of(&t, train));
             let pooled = pool(&Tokens { x: normed.shallow_clone(), ..t }, self.spec.global_pool);
             (normed, pooled)
         };

@@ -20,7 +20,7 @@ use tch::nn::Init;
 use tch::Tensor;
 
 use super::{AttachCtx, Attached, Merge, MethodSpec, TargetSpec};
-use crate::backbones::sites::{Hook, LinearHook, SiteKind};
+use crate::backbones::sites::{Ctx, Hook, LinearHook, SiteKind};
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
@@ -73,8 +73,8 @@ struct LoraHook {
 }
 
 impl LinearHook for LoraHook {
-    fn output(&self, x: &Tensor, y: Tensor, train: bool) -> Tensor {
-        let x = x.dropout(self.dropout, train);
+    fn output(&self, x: &Tensor, y: Tensor, ctx: &Ctx) -> Tensor {
+        let x = x.dropout(self.dropout, ctx.train);
         if let [u] = self.updates.as_slice() {
             if u.len == self.out_dim {
                 return y + x.matmul(&u.a.tr()).matmul(&u.b.tr()) * self.scale;

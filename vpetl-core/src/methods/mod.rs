@@ -7,7 +7,25 @@
 //! variable trains, a `backbone.*` variable trains only when some method's `trainable_backbone`
 //! pattern matches it.
 
+pub mod adapter;
+pub mod adaptformer;
+pub mod bitfit;
+pub mod convpass;
+pub mod e3va;
+pub mod fact;
+pub mod full_finetune;
+pub mod hydra;
+pub mod linear_probe;
+pub mod ln_tune;
 pub mod lora;
+pub mod lorand;
+pub mod mona;
+pub mod partial;
+pub mod prefix_tuning;
+pub mod repadapter;
+pub mod ssf;
+pub mod u_tuning;
+pub mod vpt;
 pub mod trainability;
 
 use std::collections::BTreeMap;

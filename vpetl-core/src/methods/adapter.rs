@@ -1,0 +1,1 @@
+//! Adapter (Houlsby / Pfeiffer): not implemented yet.

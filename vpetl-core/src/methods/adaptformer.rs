@@ -1,0 +1,1 @@
+//! AdaptFormer: not implemented yet.

@@ -1,0 +1,1 @@
+//! BitFit: not implemented yet.

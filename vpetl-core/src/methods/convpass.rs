@@ -1,0 +1,1 @@
+//! Convpass: not implemented yet.

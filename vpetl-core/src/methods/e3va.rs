@@ -1,0 +1,1 @@
+//! E3VA: not implemented yet.

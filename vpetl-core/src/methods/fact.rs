@@ -1,0 +1,1 @@
+//! FacT-TT and FacT-TK: not implemented yet.

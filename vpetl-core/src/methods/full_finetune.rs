@@ -1,0 +1,1 @@
+//! Full fine-tuning: not implemented yet.

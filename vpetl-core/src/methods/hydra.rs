@@ -1,0 +1,1 @@
+//! Hydra: not implemented yet.

@@ -1,0 +1,1 @@
+//! Linear probing: not implemented yet.

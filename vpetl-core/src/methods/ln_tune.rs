@@ -1,0 +1,1 @@
+//! LN-Tune: not implemented yet.

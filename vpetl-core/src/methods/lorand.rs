@@ -1,0 +1,1 @@
+//! LoRand: not implemented yet.

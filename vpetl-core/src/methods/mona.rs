@@ -1,0 +1,1 @@
+//! Mona: not implemented yet.

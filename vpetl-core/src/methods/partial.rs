@@ -1,0 +1,1 @@
+//! Partial-k: not implemented yet.

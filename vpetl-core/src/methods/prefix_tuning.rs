@@ -1,0 +1,1 @@
+//! Prefix tuning: not implemented yet.

@@ -1,0 +1,1 @@
+//! RepAdapter: not implemented yet.

@@ -1,0 +1,1 @@
+//! SSF: not implemented yet.

@@ -1,0 +1,1 @@
+//! U-Tuning: not implemented yet.

@@ -1,0 +1,1 @@
+//! VPT-Shallow and VPT-Deep: not implemented yet.
