@@ -228,3 +228,10 @@ fn values_remember_the_file_that_wrote_them() {
     assert!(n.lookup("a.y").unwrap().origin.as_str().ends_with("child.yaml"));
     assert_eq!(n.lookup("a.z").unwrap().origin.as_str(), "--cfg-options");
 }
+
+#[test]
+fn text_that_looks_like_an_internal_reference_marker_stays_text() {
+    // Found by the config fuzzer: such text used to index past the reference table.
+    let files = [("base.yaml", "a: 1\n"), ("child.yaml", "_base_: base.yaml\nb: __vpetl_base_ref_21__\nc: {{_base_.a}}\n")];
+    assert_eq!(yaml(&load(&files, "child.yaml", &[]).unwrap()), parse("a: 1\nb: __vpetl_base_ref_21__\nc: 1\n"));
+}

@@ -18,7 +18,17 @@ use super::node::{join_path, Node, Origin, Value};
 
 const BASE_KEY: &str = "_base_";
 const DELETE_KEY: &str = "_delete_";
+/// Base references are replaced by `<SENTINEL><nonce>_<index>__` before parsing; the per-process
+/// nonce keeps text that merely looks like a sentinel from being taken for one.
 const SENTINEL: &str = "__vpetl_base_ref_";
+
+fn sentinel_prefix() -> &'static str {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PREFIX.get_or_init(|| {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        format!("{SENTINEL}{:x}{:x}_", t as u64, std::process::id())
+    })
+}
 
 /// Loads `path` and everything it inherits from, returning the merged tree.
 pub fn load_file(path: &Path) -> Result<Node, ConfigError> {
@@ -248,7 +258,7 @@ fn substitute_text(
                 }
             }
         } else if let Some(target) = inner.strip_prefix("_base_.") {
-            out.push_str(&format!("{SENTINEL}{}__", refs.len()));
+            out.push_str(&format!("{}{}__", sentinel_prefix(), refs.len()));
             refs.push(BaseRef { target: target.to_string(), line });
         } else {
             let file_name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
@@ -288,7 +298,7 @@ fn resolve_base_refs(
         return Ok(());
     }
     match &mut node.value {
-        Value::Str(s) if s.contains(SENTINEL) => {
+        Value::Str(s) if s.contains(sentinel_prefix()) => {
             let origin = node.origin.clone();
             let lookup = |i: usize| -> Result<&Node, ConfigError> {
                 let r = &refs[i];
@@ -303,36 +313,35 @@ fn resolve_base_refs(
                     None => err(format!("`{{{{_base_.{}}}}}`: the bases have no key `{}`", r.target, r.target)),
                 }
             };
-            if let Some(i) = whole_sentinel(s) {
-                let mut replacement = lookup(i)?.clone();
+            let pieces = split_sentinels(s, refs.len());
+            if let [Piece::Ref(i)] = pieces.as_slice() {
+                let mut replacement = lookup(*i)?.clone();
                 replacement.origin = origin;
                 *node = replacement;
                 return Ok(());
             }
             let mut text = String::new();
-            let mut rest = s.as_str();
-            while let Some(pos) = rest.find(SENTINEL) {
-                text.push_str(&rest[..pos]);
-                let tail = &rest[pos + SENTINEL.len()..];
-                let end = tail.find("__").expect("sentinels are well formed");
-                let i: usize = tail[..end].parse().expect("sentinels are well formed");
-                let n = lookup(i)?;
-                match &n.value {
-                    Value::Str(v) => text.push_str(v),
-                    Value::Int(_) | Value::Float(_) | Value::Bool(_) | Value::Null => text.push_str(&n.brief()),
-                    _ => {
-                        return Err(ConfigError::new(format!(
-                            "`{{{{_base_.{}}}}}` is {} and cannot be part of a string",
-                            refs[i].target,
-                            n.kind_name()
-                        ))
-                        .in_file(origin.as_str())
-                        .at_key(path))
+            for piece in pieces {
+                match piece {
+                    Piece::Text(t) => text.push_str(t),
+                    Piece::Ref(i) => {
+                        let n = lookup(i)?;
+                        match &n.value {
+                            Value::Str(v) => text.push_str(v),
+                            Value::Int(_) | Value::Float(_) | Value::Bool(_) | Value::Null => text.push_str(&n.brief()),
+                            _ => {
+                                return Err(ConfigError::new(format!(
+                                    "`{{{{_base_.{}}}}}` is {} and cannot be part of a string",
+                                    refs[i].target,
+                                    n.kind_name()
+                                ))
+                                .in_file(origin.as_str())
+                                .at_key(path))
+                            }
+                        }
                     }
                 }
-                rest = &tail[end + 2..];
             }
-            text.push_str(rest);
             *s = text;
             Ok(())
         }
@@ -352,8 +361,38 @@ fn resolve_base_refs(
     }
 }
 
-fn whole_sentinel(s: &str) -> Option<usize> {
-    s.strip_prefix(SENTINEL)?.strip_suffix("__")?.parse().ok()
+enum Piece<'a> {
+    Text(&'a str),
+    Ref(usize),
+}
+
+/// Splits a string into text and base references; anything that is not a well-formed sentinel
+/// with an index below `count` stays text.
+fn split_sentinels(s: &str, count: usize) -> Vec<Piece<'_>> {
+    let prefix = sentinel_prefix();
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(pos) = rest.find(prefix) {
+        let tail = &rest[pos + prefix.len()..];
+        let parsed = tail.find("__").and_then(|end| tail[..end].parse::<usize>().ok().filter(|i| *i < count).map(|i| (i, end)));
+        match parsed {
+            Some((i, end)) => {
+                if pos > 0 {
+                    out.push(Piece::Text(&rest[..pos]));
+                }
+                out.push(Piece::Ref(i));
+                rest = &tail[end + 2..];
+            }
+            None => {
+                out.push(Piece::Text(&rest[..pos + prefix.len()]));
+                rest = tail;
+            }
+        }
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Text(rest));
+    }
+    out
 }
 
 /// Takes `_delete_` out of a mapping, returning its value.
