@@ -23,3 +23,31 @@ pub fn write_tree(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
     }
     dir.to_path_buf()
 }
+
+/// Writes a tiny VTAB-1k tree `<root>/<task>/` with `n_per_class` 32x32 PNGs per class in every
+/// split (train800, val200, train800val200, test). Class `c` images are mostly dark with a bright
+/// vertical band at a class-dependent position, so a small model can learn them.
+pub fn write_tiny_vtab(root: &Path, task: &str, classes: u32, n_per_class: u32) -> PathBuf {
+    let dir = root.join(task);
+    std::fs::create_dir_all(dir.join("images")).unwrap();
+    let mut lists: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for c in 0..classes {
+        for i in 0..n_per_class {
+            let rel = format!("images/{c}_{i}.png");
+            let img = image::RgbImage::from_fn(32, 32, |x, y| {
+                let band = (x / (32 / classes.max(1))) == c;
+                let v = if band { 200 } else { ((x * 7 + y * 13 + i * 31) % 40) as u8 as u32 };
+                image::Rgb([v as u8, (v / 2) as u8, (255 - v) as u8])
+            });
+            img.save(dir.join(&rel)).unwrap();
+            let split = if i % 5 == 4 { "val200" } else { "train800" };
+            lists.entry(split).or_default().push(format!("{rel} {c}"));
+            lists.entry("train800val200").or_default().push(format!("{rel} {c}"));
+            lists.entry("test").or_default().push(format!("{rel} {c}"));
+        }
+    }
+    for (name, lines) in lists {
+        std::fs::write(dir.join(format!("{name}.txt")), lines.join("\n") + "\n").unwrap();
+    }
+    dir
+}

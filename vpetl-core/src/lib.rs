@@ -4,6 +4,8 @@
 pub mod backbones;
 pub mod checkpoint;
 pub mod config;
+pub mod data;
+pub mod engine;
 pub mod logging;
 pub mod methods;
 pub mod model;

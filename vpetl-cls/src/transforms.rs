@@ -1,0 +1,174 @@
+//! Image transforms (registered kind `transform`), applied in order to decoded RGB images, and the
+//! final conversion to a normalised `(3, H, W)` tensor.
+
+use image::imageops::FilterType;
+use image::RgbImage;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use serde::Deserialize;
+use tch::{Kind, Tensor};
+use vpetl_core::registry::{Kind as RegKind, KindOf};
+
+pub trait TransformSpec: std::fmt::Debug + Send + Sync {
+    fn apply(&self, img: RgbImage, rng: &mut ChaCha8Rng) -> RgbImage;
+}
+
+impl KindOf for dyn TransformSpec {
+    const KIND: RegKind = RegKind::Transform;
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Interpolation {
+    #[default]
+    Bilinear,
+    Bicubic,
+    Nearest,
+}
+
+impl Interpolation {
+    fn filter(self) -> FilterType {
+        match self {
+            // The image crate's triangle and Catmull-Rom filters widen their support when
+            // downscaling, as PIL's antialiased resize does.
+            Interpolation::Bilinear => FilterType::Triangle,
+            Interpolation::Bicubic => FilterType::CatmullRom,
+            Interpolation::Nearest => FilterType::Nearest,
+        }
+    }
+}
+
+/// Resize to `[height, width]`, or the shorter side to `size` keeping the aspect ratio.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ResizeSpec {
+    pub size: Size,
+    #[serde(default)]
+    pub interpolation: Interpolation,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Size {
+    Shorter(u32),
+    Exact([u32; 2]),
+}
+
+vpetl_core::register!(Transform, "cls", "Resize", ResizeSpec as dyn TransformSpec, "resize to [h, w] or the shorter side to n (bilinear by default, antialiased)");
+
+impl TransformSpec for ResizeSpec {
+    fn apply(&self, img: RgbImage, _: &mut ChaCha8Rng) -> RgbImage {
+        let (w, h) = img.dimensions();
+        let (nw, nh) = match self.size {
+            Size::Exact([th, tw]) => (tw, th),
+            Size::Shorter(s) if w <= h => (s, ((h as f64) * s as f64 / w as f64).round() as u32),
+            Size::Shorter(s) => (((w as f64) * s as f64 / h as f64).round() as u32, s),
+        };
+        if (nw, nh) == (w, h) {
+            return img;
+        }
+        image::imageops::resize(&img, nw.max(1), nh.max(1), self.interpolation.filter())
+    }
+}
+
+/// Crop `[height, width]` from the centre.
+#[derive(Clone, Debug, Deserialize)]
+pub struct CenterCropSpec {
+    pub size: [u32; 2],
+}
+
+vpetl_core::register!(Transform, "cls", "CenterCrop", CenterCropSpec as dyn TransformSpec, "crop [h, w] from the centre");
+
+impl TransformSpec for CenterCropSpec {
+    fn apply(&self, img: RgbImage, _: &mut ChaCha8Rng) -> RgbImage {
+        let (w, h) = img.dimensions();
+        let [ch, cw] = self.size;
+        let x = w.saturating_sub(cw) / 2;
+        let y = h.saturating_sub(ch) / 2;
+        image::imageops::crop_imm(&img, x, y, cw.min(w), ch.min(h)).to_image()
+    }
+}
+
+/// Crop `[height, width]` at a random position (after optional zero padding).
+#[derive(Clone, Debug, Deserialize)]
+pub struct RandomCropSpec {
+    pub size: [u32; 2],
+    #[serde(default)]
+    pub padding: u32,
+}
+
+vpetl_core::register!(Transform, "cls", "RandomCrop", RandomCropSpec as dyn TransformSpec, "crop [h, w] at a random position, after optional padding");
+
+impl TransformSpec for RandomCropSpec {
+    fn apply(&self, img: RgbImage, rng: &mut ChaCha8Rng) -> RgbImage {
+        let img = if self.padding > 0 {
+            let p = self.padding;
+            let mut padded = RgbImage::new(img.width() + 2 * p, img.height() + 2 * p);
+            image::imageops::replace(&mut padded, &img, p as i64, p as i64);
+            padded
+        } else {
+            img
+        };
+        let (w, h) = img.dimensions();
+        let [ch, cw] = self.size;
+        let x = rng.gen_range(0..=w.saturating_sub(cw));
+        let y = rng.gen_range(0..=h.saturating_sub(ch));
+        image::imageops::crop_imm(&img, x, y, cw.min(w), ch.min(h)).to_image()
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct RandomHorizontalFlipSpec {
+    pub p: f64,
+}
+
+impl Default for RandomHorizontalFlipSpec {
+    fn default() -> Self {
+        RandomHorizontalFlipSpec { p: 0.5 }
+    }
+}
+
+vpetl_core::register!(Transform, "cls", "RandomHorizontalFlip", RandomHorizontalFlipSpec as dyn TransformSpec, "mirror left-right with probability p");
+
+impl TransformSpec for RandomHorizontalFlipSpec {
+    fn apply(&self, img: RgbImage, rng: &mut ChaCha8Rng) -> RgbImage {
+        if rng.gen_bool(self.p.clamp(0.0, 1.0)) {
+            image::imageops::flip_horizontal(&img)
+        } else {
+            img
+        }
+    }
+}
+
+/// Channel normalisation applied when an image becomes a tensor; papers differ.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Normalize {
+    /// mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225): V-PETL, NOAH.
+    #[default]
+    Imagenet,
+    /// mean 0.5, std 0.5: the in21k ViT's own preprocessing.
+    Inception,
+    /// [0, 1] values (VPT's protocol).
+    None,
+}
+
+impl Normalize {
+    fn mean_std(self) -> ([f64; 3], [f64; 3]) {
+        match self {
+            Normalize::Imagenet => ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            Normalize::Inception => ([0.5; 3], [0.5; 3]),
+            Normalize::None => ([0.0; 3], [1.0; 3]),
+        }
+    }
+}
+
+/// `(3, H, W)` float tensor in [0, 1], then normalised.
+pub fn to_tensor(img: &RgbImage, norm: Normalize) -> Tensor {
+    let (w, h) = img.dimensions();
+    let t = Tensor::from_slice(img.as_raw()).view([h as i64, w as i64, 3]).permute([2, 0, 1]).to_kind(Kind::Float) / 255.0;
+    let (mean, std) = norm.mean_std();
+    let mean = Tensor::from_slice(&mean).to_kind(Kind::Float).view([3, 1, 1]);
+    let std = Tensor::from_slice(&std).to_kind(Kind::Float).view([3, 1, 1]);
+    (t - mean) / std
+}

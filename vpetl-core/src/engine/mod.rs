@@ -1,0 +1,9 @@
+//! The training engine: optimisers with saveable state, schedules, evaluators, checkpoints, the
+//! train/test loops and results.
+
+pub mod checkpoint;
+pub mod evaluator;
+pub mod optim;
+pub mod results;
+pub mod runner;
+pub mod schedule;

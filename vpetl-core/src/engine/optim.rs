@@ -1,0 +1,297 @@
+//! Optimisers whose state is ordinary named tensors (tch cannot save its own), so checkpoints
+//! resume exactly. AdamW and SGD follow `torch.optim` to the letter (same update order, bias
+//! corrections, decoupled decay for AdamW, momentum buffer seeded with the first gradient for SGD).
+//!
+//! Parameter groups (`paramwise:`): `no_decay` (regexes over variable names) sets weight decay to 0
+//! for matching tensors; `lr_mult` (`{regex: factor}`) scales their learning rate (the first
+//! matching regex wins).
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use regex::Regex;
+use serde::Deserialize;
+use tch::{Kind, Tensor};
+
+use crate::registry::{Kind as RegKind, KindOf};
+
+pub trait OptimizerSpec: std::fmt::Debug {
+    fn build(&self, params: Vec<(String, Tensor)>) -> anyhow::Result<Box<dyn Optimizer>>;
+    /// The base learning rate (schedulers scale it).
+    fn lr(&self) -> f64;
+}
+
+impl KindOf for dyn OptimizerSpec {
+    const KIND: RegKind = RegKind::Optimizer;
+}
+
+pub trait Optimizer {
+    /// One update with base learning rate `lr` (group multipliers apply on top).
+    fn step(&mut self, lr: f64);
+    fn zero_grad(&mut self);
+    /// Optimiser state as named tensors (`<param>.<slot>`) and the step count.
+    fn state(&self) -> (Vec<(String, Tensor)>, u64);
+    fn load_state(&mut self, tensors: &BTreeMap<String, Tensor>, steps: u64) -> anyhow::Result<()>;
+    fn params(&self) -> &[Param];
+}
+
+/// A trainable tensor with its group settings.
+pub struct Param {
+    pub name: String,
+    pub tensor: Tensor,
+    pub weight_decay: f64,
+    pub lr_mult: f64,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Groups {
+    /// Variables without weight decay (regex over the whole name).
+    pub no_decay: Vec<String>,
+    /// Learning-rate multipliers by regex.
+    pub lr_mult: BTreeMap<String, f64>,
+}
+
+impl Groups {
+    fn assign(&self, params: Vec<(String, Tensor)>, weight_decay: f64) -> anyhow::Result<Vec<Param>> {
+        let compile = |p: &String| Regex::new(&format!("^(?:{p})$")).with_context(|| format!("invalid regex `{p}`"));
+        let no_decay: Vec<Regex> = self.no_decay.iter().map(compile).collect::<anyhow::Result<_>>()?;
+        let mults: Vec<(Regex, f64)> =
+            self.lr_mult.iter().map(|(p, m)| Ok((compile(p)?, *m))).collect::<anyhow::Result<_>>()?;
+        Ok(params
+            .into_iter()
+            .map(|(name, tensor)| {
+                let wd = if no_decay.iter().any(|r| r.is_match(&name)) { 0.0 } else { weight_decay };
+                let lr_mult = mults.iter().find(|(r, _)| r.is_match(&name)).map_or(1.0, |(_, m)| *m);
+                Param { name, tensor, weight_decay: wd, lr_mult }
+            })
+            .collect())
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct AdamWSpec {
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub betas: (f64, f64),
+    pub eps: f64,
+    /// Per-parameter settings (mmengine's `paramwise_cfg`).
+    pub paramwise: Groups,
+}
+
+impl Default for AdamWSpec {
+    fn default() -> Self {
+        AdamWSpec { lr: 1e-3, weight_decay: 1e-2, betas: (0.9, 0.999), eps: 1e-8, paramwise: Groups::default() }
+    }
+}
+
+crate::register!(Optimizer, "core", "AdamW", AdamWSpec as dyn OptimizerSpec, "Adam with decoupled weight decay (torch.optim.AdamW)");
+
+struct AdamW {
+    spec: AdamWSpec,
+    params: Vec<Param>,
+    exp_avg: Vec<Tensor>,
+    exp_avg_sq: Vec<Tensor>,
+    steps: u64,
+}
+
+impl OptimizerSpec for AdamWSpec {
+    fn build(&self, params: Vec<(String, Tensor)>) -> anyhow::Result<Box<dyn Optimizer>> {
+        let params = self.paramwise.assign(params, self.weight_decay)?;
+        let exp_avg = params.iter().map(|p| p.tensor.zeros_like()).collect();
+        let exp_avg_sq = params.iter().map(|p| p.tensor.zeros_like()).collect();
+        Ok(Box::new(AdamW { spec: self.clone(), params, exp_avg, exp_avg_sq, steps: 0 }))
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+}
+
+impl Optimizer for AdamW {
+    fn step(&mut self, lr: f64) {
+        self.steps += 1;
+        let (b1, b2) = self.spec.betas;
+        let bc1 = 1.0 - b1.powi(self.steps as i32);
+        let bc2 = 1.0 - b2.powi(self.steps as i32);
+        tch::no_grad(|| {
+            for ((p, m), v) in self.params.iter().zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq) {
+                let g = p.tensor.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let lr = lr * p.lr_mult;
+                let mut w = p.tensor.shallow_clone();
+                if p.weight_decay != 0.0 {
+                    let _ = w.g_mul_scalar_(1.0 - lr * p.weight_decay);
+                }
+                let _ = m.g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
+                let _ = v.g_mul_scalar_(b2).g_add_(&(&g * &g * (1.0 - b2)));
+                let denom = v.sqrt() / bc2.sqrt() + self.spec.eps;
+                w -= m.as_ref() / denom * (lr / bc1);
+            }
+        });
+    }
+
+    fn zero_grad(&mut self) {
+        zero_grads(&self.params);
+    }
+
+    fn state(&self) -> (Vec<(String, Tensor)>, u64) {
+        let mut out = Vec::new();
+        for ((p, m), v) in self.params.iter().zip(&self.exp_avg).zip(&self.exp_avg_sq) {
+            out.push((format!("{}.exp_avg", p.name), m.shallow_clone()));
+            out.push((format!("{}.exp_avg_sq", p.name), v.shallow_clone()));
+        }
+        (out, self.steps)
+    }
+
+    fn load_state(&mut self, tensors: &BTreeMap<String, Tensor>, steps: u64) -> anyhow::Result<()> {
+        for ((p, m), v) in self.params.iter().zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq) {
+            copy_slot(m, tensors, &format!("{}.exp_avg", p.name))?;
+            copy_slot(v, tensors, &format!("{}.exp_avg_sq", p.name))?;
+        }
+        self.steps = steps;
+        Ok(())
+    }
+
+    fn params(&self) -> &[Param] {
+        &self.params
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct SgdSpec {
+    pub lr: f64,
+    pub momentum: f64,
+    pub dampening: f64,
+    pub weight_decay: f64,
+    pub nesterov: bool,
+    /// Per-parameter settings (mmengine's `paramwise_cfg`).
+    pub paramwise: Groups,
+}
+
+impl Default for SgdSpec {
+    fn default() -> Self {
+        SgdSpec { lr: 1e-2, momentum: 0.9, dampening: 0.0, weight_decay: 0.0, nesterov: false, paramwise: Groups::default() }
+    }
+}
+
+crate::register!(Optimizer, "core", "SGD", SgdSpec as dyn OptimizerSpec, "stochastic gradient descent with momentum (torch.optim.SGD)");
+
+struct Sgd {
+    spec: SgdSpec,
+    params: Vec<Param>,
+    /// Momentum buffers; undefined until the first step that sees a gradient.
+    buf: Vec<Option<Tensor>>,
+    steps: u64,
+}
+
+impl OptimizerSpec for SgdSpec {
+    fn build(&self, params: Vec<(String, Tensor)>) -> anyhow::Result<Box<dyn Optimizer>> {
+        if self.nesterov && (self.momentum <= 0.0 || self.dampening != 0.0) {
+            anyhow::bail!("SGD: nesterov needs momentum > 0 and dampening 0");
+        }
+        let params = self.paramwise.assign(params, self.weight_decay)?;
+        let buf = params.iter().map(|_| None).collect();
+        Ok(Box::new(Sgd { spec: self.clone(), params, buf, steps: 0 }))
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self, lr: f64) {
+        self.steps += 1;
+        let s = &self.spec;
+        tch::no_grad(|| {
+            for (p, buf) in self.params.iter().zip(&mut self.buf) {
+                let g = p.tensor.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let mut d = if p.weight_decay != 0.0 { &g + &p.tensor * p.weight_decay } else { g.shallow_clone() };
+                if s.momentum != 0.0 {
+                    let b = match buf {
+                        Some(b) => {
+                            let _ = b.g_mul_scalar_(s.momentum).g_add_(&(&d * (1.0 - s.dampening)));
+                            b.shallow_clone()
+                        }
+                        None => buf.insert(d.copy()).shallow_clone(),
+                    };
+                    d = if s.nesterov { d + b * s.momentum } else { b };
+                }
+                let mut w = p.tensor.shallow_clone();
+                w -= d * (lr * p.lr_mult);
+            }
+        });
+    }
+
+    fn zero_grad(&mut self) {
+        zero_grads(&self.params);
+    }
+
+    fn state(&self) -> (Vec<(String, Tensor)>, u64) {
+        let out = self
+            .params
+            .iter()
+            .zip(&self.buf)
+            .filter_map(|(p, b)| b.as_ref().map(|b| (format!("{}.momentum_buffer", p.name), b.shallow_clone())))
+            .collect();
+        (out, self.steps)
+    }
+
+    fn load_state(&mut self, tensors: &BTreeMap<String, Tensor>, steps: u64) -> anyhow::Result<()> {
+        for (p, b) in self.params.iter().zip(&mut self.buf) {
+            *b = tensors.get(&format!("{}.momentum_buffer", p.name)).map(|t| t.to_kind(Kind::Float).to_device(p.tensor.device()));
+        }
+        self.steps = steps;
+        Ok(())
+    }
+
+    fn params(&self) -> &[Param] {
+        &self.params
+    }
+}
+
+fn zero_grads(params: &[Param]) {
+    for p in params {
+        let mut g = p.tensor.grad();
+        if g.defined() {
+            let _ = g.detach_().zero_();
+        }
+    }
+}
+
+fn copy_slot(slot: &mut Tensor, tensors: &BTreeMap<String, Tensor>, name: &str) -> anyhow::Result<()> {
+    let t = tensors.get(name).with_context(|| format!("the checkpoint has no optimiser state `{name}`"))?;
+    anyhow::ensure!(t.size() == slot.size(), "optimiser state `{name}`: shape {:?} in the checkpoint, {:?} now", t.size(), slot.size());
+    tch::no_grad(|| slot.copy_(t));
+    Ok(())
+}
+
+/// Clips the global gradient norm to `max_norm` (as `torch.nn.utils.clip_grad_norm_`); returns the
+/// norm before clipping.
+pub fn clip_grad_norm(params: &[Param], max_norm: f64) -> f64 {
+    let grads: Vec<Tensor> = params.iter().map(|p| p.tensor.grad()).filter(Tensor::defined).collect();
+    if grads.is_empty() {
+        return 0.0;
+    }
+    let total = tch::no_grad(|| {
+        let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
+        Tensor::stack(&norms, 0).norm().double_value(&[])
+    });
+    let coef = max_norm / (total + 1e-6);
+    if coef < 1.0 {
+        tch::no_grad(|| {
+            for g in &grads {
+                let _ = g.shallow_clone().g_mul_scalar_(coef);
+            }
+        });
+    }
+    total
+}

@@ -1,0 +1,394 @@
+//! The training and test loops.
+//!
+//! Determinism: the data order and augmentation come from `(seed, epoch, index)`, and libtorch's
+//! generator (dropout, drop path) is re-seeded from `(seed, epoch)` at the start of every epoch, so
+//! a run resumed from an epoch checkpoint continues exactly as the uninterrupted run (CPU).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use sha2::{Digest, Sha256};
+use tch::{nn, Device, Reduction, Tensor};
+
+use super::checkpoint::{self, Meta};
+use super::evaluator::Evaluator;
+use super::optim::clip_grad_norm;
+use super::results::{ppt, Results};
+use crate::backbones::ForwardOpts;
+use crate::checkpoint::load::{load_pretrained, PretrainedSpec};
+use crate::config::{Node, RunConfig};
+use crate::data::loader::Loader;
+use crate::data::sample_seed;
+use crate::logging::{Progress, ScalarLog, TrainScalars};
+use crate::model::Model;
+use crate::workdir::{self, RunDirs};
+
+#[derive(Clone, Debug)]
+pub enum Resume {
+    /// The checkpoint `work_dir/last_checkpoint` names, if any.
+    Auto,
+    Path(PathBuf),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct TrainOptions {
+    pub config_path: PathBuf,
+    pub work_dir: Option<PathBuf>,
+    pub resume: Option<Resume>,
+    pub seed: Option<u64>,
+    /// Stop after this many epochs of this invocation (for tests of resuming).
+    pub stop_after_epochs: Option<u64>,
+}
+
+/// A short stable hash of the merged config.
+pub fn config_hash(merged_yaml: &str) -> String {
+    let digest = Sha256::digest(merged_yaml.as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Builds the model a config describes, on `device`.
+pub fn build_model(cfg: &RunConfig, device: Device) -> anyhow::Result<(nn::VarStore, Box<dyn Model>)> {
+    let model_cfg = cfg.model.as_ref().context("the config has no `model`")?;
+    let vs = nn::VarStore::new(device);
+    let model = model_cfg.spec.build(&vs)?;
+    Ok((vs, model))
+}
+
+/// Loads weights into a built model: a vpetl training checkpoint (its trainable tensors) or any
+/// supported weights file (mapped as pretrained weights).
+pub fn load_weights(vs: &nn::VarStore, model: &dyn Model, path: &Path) -> anyhow::Result<()> {
+    if path.extension().is_some_and(|e| e == "safetensors") {
+        if let Ok(ck) = checkpoint::load(path) {
+            let vars = vs.variables();
+            tch::no_grad(|| -> anyhow::Result<()> {
+                for (name, value) in &ck.params {
+                    let var = vars.get(name).with_context(|| {
+                        format!("{}: the checkpoint has `{name}`, which this model does not (a different config?)", path.display())
+                    })?;
+                    anyhow::ensure!(
+                        var.size() == value.size(),
+                        "{}: `{name}` has shape {:?} in the checkpoint but {:?} in the model",
+                        path.display(),
+                        value.size(),
+                        var.size()
+                    );
+                    var.shallow_clone().copy_(value);
+                }
+                Ok(())
+            })?;
+            tracing::info!("loaded {} tensors from checkpoint {}", ck.params.len(), path.display());
+            return Ok(());
+        }
+    }
+    let spec = PretrainedSpec {
+        path: path.to_path_buf(),
+        layout: Default::default(),
+        strip_prefix: vec![],
+        rename: vec![],
+        skip: vec![],
+        allow_shape_mismatch: vec![],
+        strict: false,
+    };
+    let report = load_pretrained(vs, &spec, model.backbone())?;
+    tracing::info!("{}", report.to_string().trim_end());
+    Ok(())
+}
+
+/// Runs the evaluator over a loader.
+pub fn evaluate(model: &dyn Model, loader: &Loader, evaluator: &mut dyn Evaluator, device: Device) -> anyhow::Result<Vec<(String, f64)>> {
+    evaluator.reset();
+    let _guard = tch::no_grad_guard();
+    let mut progress = Progress::new("evaluate", loader.len() as u64);
+    for batch in loader.epoch(0, 0) {
+        let batch = batch?;
+        let out = model.forward(&batch.images.to_device(device), ForwardOpts { train: false, collect_blocks: false });
+        evaluator.process(&out.logits, &batch.labels);
+        progress.inc(1);
+    }
+    progress.finish();
+    Ok(evaluator.compute())
+}
+
+/// Peak resident memory of this process in MB (VmHWM); CUDA memory is reported by the device layer.
+fn peak_memory_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn git_revision() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Trains the model a merged config describes; returns what results.json records.
+pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
+    let started = Instant::now();
+    let cfg = RunConfig::from_node(node)?;
+    let merged = node.to_yaml_string();
+    let hash = config_hash(&merged);
+    let work_dir = workdir::resolve(opts.work_dir.as_deref(), cfg.work_dir.as_deref(), &opts.config_path);
+    let dirs = RunDirs::create(&work_dir)?;
+    if crate::logging::init_with_file(cfg.log_level.as_str(), &dirs.log_file).is_err() {
+        tracing::debug!("logging was set up before; this run logs to the existing subscriber");
+    }
+    dirs.dump_config(&opts.config_path, &merged)?;
+    tracing::info!("work dir {}, config hash {hash}", work_dir.display());
+
+    let seed = opts.seed.or(cfg.seed).unwrap_or(42);
+    tch::manual_seed(seed as i64);
+    let device = crate::runtime::default_device();
+    let (vs, model) = build_model(&cfg, device)?;
+    if let Some(path) = &cfg.load_from {
+        load_weights(&vs, model.as_ref(), path)?;
+    }
+    let train_spec = cfg.train_dataloader.as_ref().context("the config has no `train_dataloader`")?;
+    let train_loader = Loader::from_spec(train_spec, seed)?;
+    let val_loader = cfg.val_dataloader.as_ref().map(|s| Loader::from_spec(s, seed)).transpose()?;
+    let mut evaluator = match (&cfg.val_evaluator, &val_loader) {
+        (Some(e), _) => Some(e.spec.build()),
+        (None, Some(_)) => bail!("`val_dataloader` is set but `val_evaluator` is not"),
+        (None, None) => None,
+    };
+    tracing::info!("train: {} ({} batches of {})", train_loader.dataset().describe(), train_loader.len(), train_loader.batch_size());
+    if let Some(v) = &val_loader {
+        tracing::info!("val: {}", v.dataset().describe());
+    }
+    let classes = train_loader.dataset().num_classes();
+    let train_cfg = cfg.train_cfg.clone().context("the config has no `train_cfg`")?;
+    let optim_cfg = cfg.optim_wrapper.as_ref().context("the config has no `optim_wrapper`")?;
+    let mut trainable: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
+    trainable.sort_by(|a, b| a.0.cmp(&b.0));
+    if trainable.is_empty() {
+        bail!("nothing to train: no variable requires a gradient");
+    }
+    let base_lr = optim_cfg.optimizer.spec.lr();
+    let mut optimizer = optim_cfg.optimizer.spec.build(trainable.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect())?;
+    let scheduler = cfg.param_scheduler.as_ref().map(|s| &s.spec);
+
+    let mut meta = Meta { config_hash: hash.clone(), seed, ..Default::default() };
+    let resume_from = match &opts.resume {
+        None => None,
+        Some(Resume::Path(p)) => Some(p.clone()),
+        Some(Resume::Auto) => checkpoint::find_last(&work_dir)?,
+    };
+    if let Some(path) = resume_from {
+        let ck = checkpoint::load(&path)?;
+        if ck.meta.config_hash != hash {
+            tracing::warn!("resuming from {} written by another config (hash {} now {hash})", path.display(), ck.meta.config_hash);
+        }
+        tch::no_grad(|| -> anyhow::Result<()> {
+            for (name, t) in &trainable {
+                let value = ck.params.get(name).with_context(|| format!("{}: no `{name}` to resume from", path.display()))?;
+                t.shallow_clone().copy_(value);
+            }
+            Ok(())
+        })?;
+        optimizer.load_state(&ck.optim, ck.meta.optimizer_steps)?;
+        meta = Meta { config_hash: hash.clone(), ..ck.meta };
+        tracing::info!("resumed from {} after epoch {}", path.display(), meta.epoch);
+    }
+
+    let mut scalars = ScalarLog::open(&dirs.scalars_file)?;
+    let accum = optim_cfg.accumulative_counts.max(1);
+    let log_every = cfg.default_hooks.logger.interval.max(1);
+    let ck_cfg = &cfg.default_hooks.checkpoint;
+    let mut last_ck: Option<PathBuf> = checkpoint::find_last(&work_dir).ok().flatten();
+    let mut images_seen = 0u64;
+    let mut train_secs = 0f64;
+    let mut last_metrics: Vec<(String, f64)> = Vec::new();
+    let first_epoch = meta.epoch;
+    let stop_at = opts.stop_after_epochs.map_or(train_cfg.max_epochs, |n| (first_epoch + n).min(train_cfg.max_epochs));
+
+    for epoch in first_epoch..stop_at {
+        tch::manual_seed(sample_seed(seed, epoch, u64::MAX - 1) as i64);
+        let mut progress = Progress::new(&format!("epoch {}/{}", epoch + 1, train_cfg.max_epochs), train_loader.len() as u64);
+        let (mut window_loss, mut window_n) = (0f64, 0u64);
+        let mut t_last = Instant::now();
+        let mut data_time = 0f64;
+        let epoch_start = Instant::now();
+        let mut batches = train_loader.epoch(epoch, 0);
+        let total = batches.total();
+        for i in 0..total {
+            let t_data = Instant::now();
+            let batch = batches.next().context("the loader ended early")??;
+            data_time += t_data.elapsed().as_secs_f64();
+            let lr = scheduler.map_or(base_lr, |s| s.lr(base_lr, epoch, meta.iter));
+            let out = model.forward(&batch.images.to_device(device), ForwardOpts { train: true, collect_blocks: false });
+            let labels = batch.labels.to_device(device);
+            let loss = out.logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, cfg.loss.label_smoothing);
+            let value = loss.double_value(&[]);
+            if !value.is_finite() {
+                bail!(
+                    "loss is {value} at epoch {}, iteration {} (global step {}); stopping. The last good checkpoint is {}",
+                    epoch + 1,
+                    i + 1,
+                    meta.iter + 1,
+                    last_ck.as_ref().map_or("none (none written yet)".to_string(), |p| p.display().to_string())
+                );
+            }
+            (loss / accum as f64).backward();
+            if (i as u64 + 1) % accum == 0 || i + 1 == total {
+                if let Some(c) = optim_cfg.clip_grad {
+                    clip_grad_norm(optimizer.params(), c.max_norm);
+                }
+                optimizer.step(lr);
+                optimizer.zero_grad();
+            }
+            images_seen += batch.indices.len() as u64;
+            meta.iter += 1;
+            window_loss += value;
+            window_n += 1;
+            progress.inc(1);
+            if meta.iter % log_every == 0 || i + 1 == total {
+                let elapsed = t_last.elapsed().as_secs_f64();
+                let s = TrainScalars {
+                    step: meta.iter,
+                    epoch: epoch + 1,
+                    iter: meta.iter,
+                    lr,
+                    loss: window_loss / window_n as f64,
+                    time: elapsed / window_n as f64,
+                    data_time: data_time / window_n as f64,
+                    memory: peak_memory_mb(),
+                };
+                tracing::info!("epoch {} iter {}/{}: lr {:.3e} loss {:.4} time {:.3}s", epoch + 1, i + 1, total, s.lr, s.loss, s.time);
+                scalars.write_train(&s)?;
+                (window_loss, window_n, data_time) = (0.0, 0, 0.0);
+                t_last = Instant::now();
+            }
+        }
+        drop(batches);
+        progress.finish();
+        train_secs += epoch_start.elapsed().as_secs_f64();
+        meta.epoch = epoch + 1;
+        meta.optimizer_steps = optimizer.state().1;
+        let last_epoch = meta.epoch == train_cfg.max_epochs;
+
+        let mut improved = false;
+        if let (Some(loader), Some(ev)) = (&val_loader, evaluator.as_mut()) {
+            if meta.epoch % train_cfg.val_interval.max(1) == 0 || last_epoch {
+                let metrics = evaluate(model.as_ref(), loader, ev.as_mut(), device)?;
+                tracing::info!(
+                    "epoch {} evaluation: {}",
+                    meta.epoch,
+                    metrics.iter().map(|(k, v)| format!("{k} {v:.2}")).collect::<Vec<_>>().join(", ")
+                );
+                scalars.write_eval(meta.epoch, &metrics)?;
+                if let Some((name, value)) = metrics.first().cloned() {
+                    let better = match &meta.best {
+                        None => true,
+                        Some((_, b, _)) => if ev.higher_is_better() { value > *b } else { value < *b },
+                    };
+                    if better {
+                        meta.best = Some((name, value, meta.epoch));
+                        improved = true;
+                    }
+                }
+                last_metrics = metrics;
+            }
+        }
+        if meta.epoch % ck_cfg.interval.max(1) == 0 || last_epoch || improved {
+            let params: Vec<(String, Tensor)> = trainable.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
+            let (state, _) = optimizer.state();
+            let path = checkpoint::epoch_path(&work_dir, meta.epoch);
+            checkpoint::save(&path, &params, &state, &meta)?;
+            checkpoint::set_last(&work_dir, &path)?;
+            if improved && ck_cfg.save_best {
+                checkpoint::save(&work_dir.join("best.safetensors"), &params, &state, &meta)?;
+            }
+            if ck_cfg.max_keep_ckpts > 0 {
+                checkpoint::prune(&work_dir, ck_cfg.max_keep_ckpts, &path)?;
+            }
+            last_ck = Some(path);
+        }
+    }
+    let skipped = train_loader.skipped();
+    if skipped > 0 {
+        let n = skipped;
+        tracing::warn!("{n} training sample(s) were skipped because they failed to load (skip_bad)");
+    }
+
+    let counts = model.param_counts();
+    let (metric_name, metric_value) = last_metrics.first().cloned().unwrap_or_else(|| ("none".into(), f64::NAN));
+    let method_params = counts.trainable_without_head();
+    let results = Results {
+        task: cfg.experiment.task.clone().unwrap_or_else(|| "cls".into()),
+        dataset: cfg.experiment.dataset.clone().unwrap_or_else(|| train_loader.dataset().describe()),
+        method: node_types(node, "model.methods"),
+        backbone: node.lookup("model.backbone.type").and_then(Node::as_str).unwrap_or("unknown").to_string(),
+        metric: super::results::Metric {
+            name: metric_name,
+            value: metric_value,
+            best: meta.best.as_ref().map(|b| b.1),
+            best_epoch: meta.best.as_ref().map(|b| b.2),
+        },
+        params: super::results::Params {
+            trainable: counts.trainable,
+            total: counts.total,
+            inserted: counts.inserted(),
+            head: counts.trainable - method_params,
+            method: method_params,
+        },
+        ppt: ppt(metric_value / 100.0, method_params),
+        peak_memory_mb: peak_memory_mb(),
+        train_images_per_s: if train_secs > 0.0 { images_seen as f64 / train_secs } else { 0.0 },
+        wall_s: started.elapsed().as_secs_f64(),
+        epochs: meta.epoch,
+        seed,
+        num_classes: classes,
+        config_hash: hash,
+        git_revision: git_revision(),
+    };
+    results.write(&work_dir.join("results.json"))?;
+    tracing::info!(
+        "done: {} {:.2} (best {:.2}), {} trainable parameters (method {}), PPT {:.4}",
+        results.metric.name,
+        results.metric.value,
+        results.metric.best.unwrap_or(f64::NAN),
+        results.params.trainable,
+        results.params.method,
+        results.ppt
+    );
+    Ok(results)
+}
+
+/// The `type`s of a list of components in the config (`LoRA+VPT-Deep`), or `linear-probe` for none.
+fn node_types(node: &Node, path: &str) -> String {
+    let types: Vec<&str> = match node.lookup(path).map(|n| &n.value) {
+        Some(crate::config::Value::List(items)) => items.iter().filter_map(|n| n.get("type").and_then(Node::as_str)).collect(),
+        _ => Vec::new(),
+    };
+    if types.is_empty() {
+        "LinearProbe".into()
+    } else {
+        types.join("+")
+    }
+}
+
+/// Evaluates a checkpoint on the test split (or the validation split when there is none).
+pub fn test(node: &Node, checkpoint_path: &Path) -> anyhow::Result<Vec<(String, f64)>> {
+    let cfg = RunConfig::from_node(node)?;
+    let seed = cfg.seed.unwrap_or(42);
+    tch::manual_seed(seed as i64);
+    let device = crate::runtime::default_device();
+    let (vs, model) = build_model(&cfg, device)?;
+    load_weights(&vs, model.as_ref(), checkpoint_path)?;
+    let spec = cfg
+        .test_dataloader
+        .as_ref()
+        .or(cfg.val_dataloader.as_ref())
+        .context("the config has neither `test_dataloader` nor `val_dataloader`")?;
+    let loader = Loader::from_spec(spec, seed)?;
+    let mut evaluator = cfg.val_evaluator.as_ref().context("the config has no `val_evaluator`")?.spec.build();
+    tracing::info!("test: {}", loader.dataset().describe());
+    evaluate(model.as_ref(), &loader, evaluator.as_mut(), device)
+}
