@@ -66,11 +66,11 @@ impl CosineLrSpec {
         let t = if self.warmup_prefix { t - self.warmup_t } else { t };
         let i = t / self.t_initial.max(1);
         let t_curr = (t - self.t_initial * i) as f64;
-        let gamma = self.cycle_decay.powi(i as i32);
-        let (lr_max, lr_min) = (base * gamma, self.lr_min * gamma);
+        // Only the peak decays per cycle; timm leaves lr_min as it is.
+        let lr_max = base * self.cycle_decay.powi(i as i32);
         if i < self.cycle_limit {
             let frac = t_curr.powf(self.k_decay) / (self.t_initial as f64).powf(self.k_decay);
-            lr_min + 0.5 * (lr_max - lr_min) * (1.0 + (std::f64::consts::PI * frac).cos())
+            self.lr_min + 0.5 * (lr_max - self.lr_min) * (1.0 + (std::f64::consts::PI * frac).cos())
         } else {
             self.lr_min
         }
