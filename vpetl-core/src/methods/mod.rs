@@ -82,7 +82,7 @@ pub fn sub_path<'a>(p: &nn::Path<'a>, dotted: &str) -> nn::Path<'a> {
 pub struct Attached {
     /// The sites it hooked, for the run log.
     pub sites: Vec<String>,
-    /// Backbone variables it makes trainable (regexes over names without `backbone.`).
+    /// Backbone variables it makes trainable (regexes matching whole names without `backbone.`).
     pub trainable_backbone: Vec<Regex>,
     /// Folds the method into plain backbone weights, when the maths allows.
     pub merge: Option<Box<dyn Merge>>,

@@ -83,12 +83,16 @@ fn module_of(name: &str) -> String {
 }
 
 /// Sets `requires_grad` on every variable: `methods.*` and `head.*` train; `backbone.*` trains when
-/// a pattern (over the name without `backbone.`) matches. Returns the counts.
+/// a pattern matches the whole name without `backbone.`. Returns the counts.
 pub fn apply(vs: &nn::VarStore, backbone_trainable: &[Regex]) -> ParamCounts {
+    let anchored: Vec<Regex> = backbone_trainable
+        .iter()
+        .map(|r| Regex::new(&format!("^(?:{})$", r.as_str())).expect("an anchored valid regex is valid"))
+        .collect();
     let mut counts = ParamCounts::default();
     for (name, var) in vs.variables() {
         let trainable = match name.strip_prefix("backbone.") {
-            Some(rest) => backbone_trainable.iter().any(|r| r.is_match(rest)),
+            Some(rest) => anchored.iter().any(|r| r.is_match(rest)),
             None => true,
         };
         let _ = var.set_requires_grad(trainable);
