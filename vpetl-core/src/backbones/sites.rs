@@ -8,9 +8,9 @@
 //! | kind | the backbone calls | a hook can |
 //! |---|---|---|
 //! | linear | `hooks.linear(id, x, base)` around a `Linear` | change its input, add to / rescale its output (LoRA, FacT, SSF, RepAdapter) |
-//! | attention | `hooks.attention_kv(id, k, v)` before attention | extend keys and values (prefix tuning) |
-//! | branch | `hooks.branch(id, x, y)` on a residual branch's output `y` given its input `x` | sequential or parallel adapters (Houlsby, AdaptFormer, Hydra) |
-//! | tokens | `hooks.tokens(id, t)` on the token sequence or feature map | insert or replace tokens (VPT), edit channels, post-block modules (Mona), taps |
+//! | attention | `hooks.attention_kv(id, k, v)` before attention, `hooks.attention_out(id, q, out)` after it (per head, before the output projection) | extend keys and values (prefix tuning), add parallel attention terms (U-Tuning) |
+//! | branch | `hooks.branch(id, x, y)` on a residual branch's output `y` given its input `x` (and around a whole block: `y` the block's output, `x` its input) | sequential or parallel adapters (Houlsby, AdaptFormer, Hydra, U-Tuning) |
+//! | tokens | `hooks.tokens(id, t)` on the token sequence or feature map | insert or replace tokens (VPT), edit channels, modules on the residual stream (Mona), taps, side outputs (E3VA) |
 //! | norm | `hooks.norm(id, y)` after a normalisation layer | affine retuning (SSF) |
 
 use std::fmt;
@@ -220,6 +220,12 @@ pub trait LinearHook: Send {
 pub trait AttentionHook: Send {
     /// Extends keys and values, each `(B, heads, N, head_dim)`.
     fn extend_kv(&self, k: Tensor, v: Tensor, ctx: &Ctx) -> (Tensor, Tensor);
+    /// Transforms the attention's per-head output `(B, heads, N, head_dim)` (before the heads are
+    /// concatenated and projected) given the queries `q` `(B, heads, N, head_dim)`, unscaled.
+    /// Unchanged by default.
+    fn output(&self, _q: &Tensor, out: Tensor, _ctx: &Ctx) -> Tensor {
+        out
+    }
 }
 
 pub trait BranchHook: Send {
@@ -318,6 +324,16 @@ impl Hooks {
             }
         }
         (k, v)
+    }
+
+    /// The attention hooks' [`AttentionHook::output`], in installation order.
+    pub fn attention_out(&self, id: SiteId, q: &Tensor, mut out: Tensor, ctx: &Ctx) -> Tensor {
+        for h in self.at(id) {
+            if let Hook::Attention(h) = h {
+                out = h.output(q, out, ctx);
+            }
+        }
+        out
     }
 
     pub fn branch(&self, id: SiteId, x: &Tensor, mut y: Tensor, ctx: &Ctx) -> Tensor {

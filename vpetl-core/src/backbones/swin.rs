@@ -13,9 +13,15 @@
 //! Per-stage outputs (strides 4/8/16/32, `(B, C, H, W)`) feed dense heads; with `out_norms: true`
 //! each gets its own LayerNorm (`norm0`..`norm3`, mmdet's names).
 //!
-//! Sites: `layers.i.blocks.j.{in,out}` (tokens, `(B, H, W, C)` maps), `...norm1`, `...norm2`
-//! (norm), `...attn.qkv`, `...attn.proj`, `...mlp.fc1`, `...mlp.fc2`, `layers.i.downsample.reduction`
-//! (linear), `...attn` (attention), `...attn_branch`, `...mlp_branch` (branch), `tokens.input`.
+//! Sites: `layers.i.blocks.j.{in,mid,out}` (tokens, `(B, H, W, C)` maps; `mid` is the residual
+//! stream between the attention and MLP sub-blocks), `...norm1`, `...norm2` (norm), `...attn.qkv`,
+//! `...attn.proj`, `...mlp.fc1`, `...mlp.fc2`, `layers.i.downsample.reduction` (linear),
+//! `layers.i.downsample.norm`, `patch_embed.norm` (norm), `patch_embed.proj` (tokens: the patch
+//! embedding's output map, before its norm), `...attn`
+//! (attention), `...attn_branch`, `...mlp_branch`, `...block` (branch; the last is the whole block:
+//! its input and its output), `tokens.input`, and `layers.i.features` (tokens: the stage's output
+//! as emitted to dense heads and, for the last stage, to the final norm; what a hook returns there
+//! does not flow into the next stage).
 
 use anyhow::bail;
 use serde::Deserialize;
@@ -157,6 +163,7 @@ impl WindowAttention {
             attn_mask = attn_mask.expand([bw, self.num_heads, n, n], false).constant_pad_nd([extra, 0]);
         }
         let out = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(attn_mask), 0.0, false, None, false);
+        let out = hooks.attention_out(self.attn_site, &q, out, ctx);
         let out = out.transpose(1, 2).reshape([bw, n, c]);
         hooks.linear(self.proj_site, &out, &self.proj, ctx)
     }
@@ -174,8 +181,10 @@ struct SwinBlock {
     in_site: SiteId,
     norm1_site: SiteId,
     attn_branch_site: SiteId,
+    mid_site: SiteId,
     norm2_site: SiteId,
     mlp_branch_site: SiteId,
+    block_site: SiteId,
     out_site: SiteId,
 }
 
@@ -222,10 +231,12 @@ impl SwinBlock {
         let norm1_site = sites.norm(format!("{name}.norm1"), &norm1);
         let attn = WindowAttention::new(&vs / "attn", dim, heads, window, spec.qkv_bias, sites, &format!("{name}.attn"));
         let attn_branch_site = sites.plain(format!("{name}.attn_branch"), SiteKind::Branch, dim, 0);
+        let mid_site = sites.plain(format!("{name}.mid"), SiteKind::Tokens, dim, 0);
         let norm2 = layer_norm(&vs / "norm2", dim, EPS);
         let norm2_site = sites.norm(format!("{name}.norm2"), &norm2);
         let mlp = Mlp::new(&vs / "mlp", dim, (dim as f64 * spec.mlp_ratio) as i64, sites, &format!("{name}.mlp"));
         let mlp_branch_site = sites.plain(format!("{name}.mlp_branch"), SiteKind::Branch, dim, 0);
+        let block_site = sites.plain(format!("{name}.block"), SiteKind::Branch, dim, 0);
         let out_site = sites.plain(format!("{name}.out"), SiteKind::Tokens, dim, 0);
         SwinBlock {
             norm1,
@@ -239,8 +250,10 @@ impl SwinBlock {
             in_site,
             norm1_site,
             attn_branch_site,
+            mid_site,
             norm2_site,
             mlp_branch_site,
+            block_site,
             out_site,
         }
     }
@@ -272,14 +285,19 @@ impl SwinBlock {
         let t = hooks.tokens(self.in_site, t, train);
         let ctx = &Ctx::of(&t, train);
         let x = t.x;
+        let block_in = x.shallow_clone();
         let h = norm(&self.norm1, self.norm1_site, &x, hooks, ctx);
         let a = self.window_attention(&h, hooks, ctx);
         let a = hooks.branch(self.attn_branch_site, &x, a, ctx);
         let x = x + drop_path(a, self.drop_path, ctx.train);
+        let t = hooks.tokens(self.mid_site, Tokens { x, ..t }, ctx.train);
+        let ctx = &Ctx::of(&t, train);
+        let x = t.x;
         let h = norm(&self.norm2, self.norm2_site, &x, hooks, ctx);
         let m = self.mlp.forward(&h, hooks, ctx);
         let m = hooks.branch(self.mlp_branch_site, &x, m, ctx);
         let x = &x + drop_path(m, self.drop_path, ctx.train);
+        let x = hooks.branch(self.block_site, &block_in, x, ctx);
         hooks.tokens(self.out_site, Tokens { x, ..t }, ctx.train)
     }
 }
@@ -304,6 +322,7 @@ fn window_geometry(spec: &SwinSpec, res: (i64, i64), shifted: bool) -> (Win, Win
 struct PatchMerging {
     norm: nn::LayerNorm,
     reduction: nn::Linear,
+    norm_site: SiteId,
     reduction_site: SiteId,
 }
 
@@ -311,8 +330,9 @@ impl PatchMerging {
     fn new(vs: nn::Path, dim: i64, sites: &mut SiteMap, name: &str) -> Self {
         let norm = layer_norm(&vs / "norm", 4 * dim, EPS);
         let reduction = linear(&vs / "reduction", 4 * dim, 2 * dim, false);
+        let norm_site = sites.norm(format!("{name}.norm"), &norm);
         let reduction_site = sites.linear(format!("{name}.reduction"), &reduction);
-        PatchMerging { norm, reduction, reduction_site }
+        PatchMerging { norm, reduction, norm_site, reduction_site }
     }
 
     fn forward(&self, x: &Tensor, hooks: &Hooks, ctx: &Ctx) -> Tensor {
@@ -321,12 +341,13 @@ impl PatchMerging {
         let (h, w) = ((h + 1) / 2, (w + 1) / 2);
         // Concatenates x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2] (Microsoft's order).
         let x = x.reshape([b, h, 2, w, 2, c]).permute([0, 1, 3, 4, 2, 5]).flatten(3, 5);
-        hooks.linear(self.reduction_site, &self.norm.forward(&x), &self.reduction, ctx)
+        hooks.linear(self.reduction_site, &norm(&self.norm, self.norm_site, &x, hooks, ctx), &self.reduction, ctx)
     }
 }
 
 struct Stage {
     blocks: Vec<SwinBlock>,
+    features_site: SiteId,
     downsample: Option<PatchMerging>,
     out_norm: Option<nn::LayerNorm>,
 }
@@ -338,6 +359,8 @@ pub struct Swin {
     stages: Vec<Stage>,
     norm: nn::LayerNorm,
     sites: SiteMap,
+    patch_site: SiteId,
+    patch_norm_site: SiteId,
     input_site: SiteId,
     norm_site: SiteId,
 }
@@ -360,6 +383,8 @@ impl Swin {
         let conv = nn::ConvConfig { stride: spec.patch_size, ..Default::default() };
         let patch_embed = nn::conv2d(&vs / "patch_embed" / "proj", spec.in_chans, spec.embed_dim, spec.patch_size, conv);
         let patch_norm = layer_norm(&vs / "patch_embed" / "norm", spec.embed_dim, EPS);
+        let patch_site = sites.plain("patch_embed.proj".into(), SiteKind::Tokens, spec.embed_dim, 0);
+        let patch_norm_site = sites.norm("patch_embed.norm".into(), &patch_norm);
         let input_site = sites.plain("tokens.input".into(), SiteKind::Tokens, spec.embed_dim, 0);
         let total: i64 = spec.depths.iter().sum();
         let mut k = 0;
@@ -378,16 +403,17 @@ impl Swin {
                 blocks.push(SwinBlock::new(&lvs / "blocks" / j, &spec, dim, heads, geometry, dp, &mut sites, &name));
                 k += 1;
             }
+            let features_site = sites.plain(format!("layers.{i}.features"), SiteKind::Tokens, dim, 0);
             let downsample = (i + 1 < spec.depths.len())
                 .then(|| PatchMerging::new(&lvs / "downsample", dim, &mut sites, &format!("layers.{i}.downsample")));
             let out_norm = spec.out_norms.then(|| layer_norm(&vs / format!("norm{i}"), dim, EPS));
-            stages.push(Stage { blocks, downsample, out_norm });
+            stages.push(Stage { blocks, features_site, downsample, out_norm });
             res = (res.0 / 2, res.1 / 2);
         }
         let final_dim = spec.embed_dim << (spec.depths.len() - 1);
         let norm = layer_norm(&vs / "norm", final_dim, EPS);
         let norm_site = sites.norm("norm".into(), &norm);
-        Ok(Swin { spec, patch_embed, patch_norm, stages, norm, sites, input_site, norm_site })
+        Ok(Swin { spec, patch_embed, patch_norm, stages, norm, sites, patch_site, patch_norm_site, input_site, norm_site })
     }
 }
 
@@ -413,9 +439,11 @@ impl Backbone for Swin {
         let p = self.spec.patch_size;
         let (ph, pw) = ((p - h % p) % p, (p - w % p) % p);
         let x = if ph + pw > 0 { x.constant_pad_nd([0, pw, 0, ph]) } else { x.shallow_clone() };
-        let x = self.patch_norm.forward(&self.patch_embed.forward(&x).permute([0, 2, 3, 1]));
+        let x = self.patch_embed.forward(&x).permute([0, 2, 3, 1]);
         let grid = (x.size()[1], x.size()[2]);
-        let t = Tokens { x, num_prefix: 0, grid };
+        let t = hooks.tokens(self.patch_site, Tokens { x, num_prefix: 0, grid }, train);
+        let x = norm(&self.patch_norm, self.patch_norm_site, &t.x, hooks, &Ctx::of(&t, train));
+        let t = Tokens { x, ..t };
         let mut t = hooks.tokens(self.input_site, t, train);
         let mut blocks = Vec::new();
         let mut stages = Vec::new();
@@ -426,15 +454,21 @@ impl Backbone for Swin {
                     blocks.push(t.x.shallow_clone());
                 }
             }
+            // What the stage emits; a hook's change here does not reach the next stage.
+            let features = Tokens { x: t.x.shallow_clone(), num_prefix: t.num_prefix, grid: t.grid };
+            let features = hooks.tokens(stage.features_site, features, train);
             let out = match &stage.out_norm {
-                Some(n) => n.forward(&t.x),
-                None => t.x.shallow_clone(),
+                Some(n) => n.forward(&features.x),
+                None => features.x.shallow_clone(),
             };
             stages.push(out.permute([0, 3, 1, 2]));
-            if let Some(d) = &stage.downsample {
-                let x = d.forward(&t.x, hooks, &Ctx::of(&t, train));
-                let grid = (x.size()[1], x.size()[2]);
-                t = Tokens { x, num_prefix: 0, grid };
+            match &stage.downsample {
+                Some(d) => {
+                    let x = d.forward(&t.x, hooks, &Ctx::of(&t, train));
+                    let grid = (x.size()[1], x.size()[2]);
+                    t = Tokens { x, num_prefix: 0, grid };
+                }
+                None => t = features,
             }
         }
         let tokens = norm(&self.norm, self.norm_site, &t.x, hooks, &Ctx::of(&t, train));

@@ -3,11 +3,13 @@
 //! Defaults are ViT-B/16 at 224 px; ViT-L/16 and ViT-H/14 are configs
 //! (`configs/_base_/models/`).
 //!
-//! Sites (for block `i`): `blocks.i.in`, `blocks.i.out` (tokens), `blocks.i.norm1`,
-//! `blocks.i.norm2` (norm), `blocks.i.attn.qkv`, `blocks.i.attn.proj`, `blocks.i.mlp.fc1`,
-//! `blocks.i.mlp.fc2` (linear), `blocks.i.attn` (attention), `blocks.i.attn_branch`,
-//! `blocks.i.mlp_branch` (branch); and `tokens.input` (tokens, after the position embedding) and
-//! `norm` / `fc_norm` (norm).
+//! Sites (for block `i`): `blocks.i.in`, `blocks.i.mid` (the residual stream between the attention
+//! and MLP sub-blocks), `blocks.i.out` (tokens), `blocks.i.norm1`, `blocks.i.norm2` (norm),
+//! `blocks.i.attn.qkv`, `blocks.i.attn.proj`, `blocks.i.mlp.fc1`, `blocks.i.mlp.fc2` (linear),
+//! `blocks.i.attn` (attention), `blocks.i.attn_branch`, `blocks.i.mlp_branch`, `blocks.i.block`
+//! (branch; the last is the whole block: its input and its output); and `tokens.input` (tokens,
+//! after the position embedding), `patch_embed.proj` (tokens: the patch embedding's output
+//! `(B, N, C)`, before the class token and the position embedding) and `norm` / `fc_norm` (norm).
 
 use anyhow::bail;
 use serde::Deserialize;
@@ -126,6 +128,7 @@ impl Attention {
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
         let (k, v) = hooks.attention_kv(self.attn_site, k, v, ctx);
         let out = Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, false, None, false);
+        let out = hooks.attention_out(self.attn_site, &q, out, ctx);
         let out = out.transpose(1, 2).reshape([b, n, c]);
         hooks.linear(self.proj_site, &out, &self.proj, ctx)
     }
@@ -142,8 +145,10 @@ struct Block {
     in_site: SiteId,
     norm1_site: SiteId,
     attn_branch_site: SiteId,
+    mid_site: SiteId,
     norm2_site: SiteId,
     mlp_branch_site: SiteId,
+    block_site: SiteId,
     out_site: SiteId,
 }
 
@@ -157,12 +162,14 @@ impl Block {
         let attn = Attention::new(&vs / "attn", spec, sites, &format!("{name}.attn"));
         let attn_branch_site = sites.plain(format!("{name}.attn_branch"), SiteKind::Branch, dim, 0);
         let ls1 = layer_scale(&vs, "ls1", dim, spec.init_values);
+        let mid_site = sites.plain(format!("{name}.mid"), SiteKind::Tokens, dim, 0);
         let norm2 = layer_norm(&vs / "norm2", dim, spec.eps);
         let norm2_site = sites.norm(format!("{name}.norm2"), &norm2);
         let hidden = (dim as f64 * spec.mlp_ratio) as i64;
         let mlp = Mlp::new(&vs / "mlp", dim, hidden, sites, &format!("{name}.mlp"));
         let mlp_branch_site = sites.plain(format!("{name}.mlp_branch"), SiteKind::Branch, dim, 0);
         let ls2 = layer_scale(&vs, "ls2", dim, spec.init_values);
+        let block_site = sites.plain(format!("{name}.block"), SiteKind::Branch, dim, 0);
         let out_site = sites.plain(format!("{name}.out"), SiteKind::Tokens, dim, 0);
         // Linearly increasing stochastic depth, as timm.
         let drop_path = if spec.depth > 1 { spec.drop_path_rate * i as f64 / (spec.depth - 1) as f64 } else { 0.0 };
@@ -177,8 +184,10 @@ impl Block {
             in_site,
             norm1_site,
             attn_branch_site,
+            mid_site,
             norm2_site,
             mlp_branch_site,
+            block_site,
             out_site,
         }
     }
@@ -187,14 +196,19 @@ impl Block {
         let t = hooks.tokens(self.in_site, t, train);
         let ctx = &Ctx::of(&t, train);
         let x = t.x;
+        let block_in = x.shallow_clone();
         let h = norm(&self.norm1, self.norm1_site, &x, hooks, ctx);
         let a = self.attn.forward(&h, hooks, ctx);
         let a = scale(hooks.branch(self.attn_branch_site, &x, a, ctx), &self.ls1);
         let x = x + drop_path(a, self.drop_path, ctx.train);
+        let t = hooks.tokens(self.mid_site, Tokens { x, ..t }, ctx.train);
+        let ctx = &Ctx::of(&t, train);
+        let x = t.x;
         let h = norm(&self.norm2, self.norm2_site, &x, hooks, ctx);
         let m = self.mlp.forward(&h, hooks, ctx);
         let m = scale(hooks.branch(self.mlp_branch_site, &x, m, ctx), &self.ls2);
         let x = &x + drop_path(m, self.drop_path, ctx.train);
+        let x = hooks.branch(self.block_site, &block_in, x, ctx);
         hooks.tokens(self.out_site, Tokens { x, ..t }, ctx.train)
     }
 }
@@ -218,6 +232,7 @@ pub struct Vit {
     final_norm: nn::LayerNorm,
     use_fc_norm: bool,
     sites: SiteMap,
+    patch_site: SiteId,
     input_site: SiteId,
     final_norm_site: SiteId,
 }
@@ -243,6 +258,7 @@ impl Vit {
         let grid = spec.img_size / spec.patch_size;
         let pos_len = grid * grid + if spec.no_embed_class { 0 } else { num_prefix(&spec) };
         let pos_embed = trunc_normal(&vs, "pos_embed", &[1, pos_len, dim], 0.02);
+        let patch_site = sites.plain("patch_embed.proj".into(), SiteKind::Tokens, dim, 0);
         let input_site = sites.plain("tokens.input".into(), SiteKind::Tokens, dim, 0);
         let norm_pre = spec.pre_norm.then(|| layer_norm(&vs / "norm_pre", dim, spec.eps));
         let blocks = (0..spec.depth).map(|i| Block::new(&vs / "blocks" / i, &spec, i, &mut sites)).collect();
@@ -261,6 +277,7 @@ impl Vit {
             final_norm,
             use_fc_norm,
             sites,
+            patch_site,
             input_site,
             final_norm_site,
         })
@@ -337,6 +354,7 @@ impl Backbone for Vit {
         let patches = self.patch_embed.forward(x);
         let grid = (patches.size()[2], patches.size()[3]);
         let mut x = patches.flatten(2, 3).transpose(1, 2);
+        x = hooks.tokens(self.patch_site, Tokens { x, num_prefix: 0, grid }, train).x;
         let pos = self.pos_embed_for(grid);
         let mut prefix: Vec<Tensor> = Vec::new();
         if let Some(cls) = &self.cls_token {
