@@ -30,8 +30,21 @@ pub struct Built {
     pub model: Box<dyn Model>,
 }
 
+/// libtorch's random generator is process-wide and tests run on parallel threads: each check holds
+/// this lock so that its seeded initialisation is not interleaved with another test's draws.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Builds an ImageClassifier with `backbone` (a YAML flow mapping) and `methods` (a YAML list).
 pub fn build(backbone: &str, methods: &str) -> Built {
+    let _serial = serial();
+    build_unlocked(backbone, methods)
+}
+
+fn build_unlocked(backbone: &str, methods: &str) -> Built {
     crate::init();
     tch::manual_seed(0);
     let yaml = format!(
@@ -70,8 +83,9 @@ fn copy_shared(from: &nn::VarStore, to: &nn::VarStore) {
 
 /// Check 1: the model with `methods` starts where the plain backbone is.
 pub fn assert_noop_at_init(backbone: &str, methods: &str) {
-    let with = build(backbone, methods);
-    let plain = build(backbone, "[]");
+    let _serial = serial();
+    let with = build_unlocked(backbone, methods);
+    let plain = build_unlocked(backbone, "[]");
     copy_shared(&with.vs, &plain.vs);
     let x = input();
     let d = tch::no_grad(|| max_diff(&logits(&with, &x), &logits(&plain, &x)));
@@ -86,7 +100,8 @@ fn loss(b: &Built, x: &Tensor, train: bool) -> Tensor {
 
 /// Check 2: gradients exactly on the trainable set.
 pub fn assert_gradients_on_trainable_only(backbone: &str, methods: &str) {
-    let b = build(backbone, methods);
+    let _serial = serial();
+    let b = build_unlocked(backbone, methods);
     let x = input();
     let vars = b.vs.variables();
     // One plain SGD step so that factors initialised at zero have moved.
@@ -118,7 +133,8 @@ pub fn assert_gradients_on_trainable_only(backbone: &str, methods: &str) {
 
 /// Check 3: trainable parameters outside the head equal the closed form.
 pub fn assert_trainable_count(backbone: &str, methods: &str, expected: i64) {
-    let b = build(backbone, methods);
+    let _serial = serial();
+    let b = build_unlocked(backbone, methods);
     let counts = b.model.param_counts();
     assert_eq!(counts.trainable_without_head(), expected, "trainable parameters (head excluded)\n{counts}");
 }
@@ -136,10 +152,11 @@ pub fn randomize_methods(vs: &nn::VarStore) {
 
 /// Check 4: merging gives the same outputs.
 pub fn assert_merge_matches(backbone: &str, methods: &str) {
-    let with = build(backbone, methods);
+    let _serial = serial();
+    let with = build_unlocked(backbone, methods);
     randomize_methods(&with.vs);
     let weights = with.model.merged_backbone(&with.vs).unwrap_or_else(|e| panic!("{e:#}"));
-    let plain = build(backbone, "[]");
+    let plain = build_unlocked(backbone, "[]");
     copy_shared(&with.vs, &plain.vs);
     tch::no_grad(|| {
         for (name, mut var) in plain.vs.variables() {
@@ -156,7 +173,8 @@ pub fn assert_merge_matches(backbone: &str, methods: &str) {
 /// Check 5: outputs and gradients equal an independent plain-PyTorch re-implementation.
 /// `method` names the reference in `tests/python/petl_reference.py`; `options` is its JSON config.
 pub fn assert_matches_pytorch_reference(backbone_json: &str, backbone: &str, methods: &str, method: &str, options: &str) {
-    let b = build(backbone, methods);
+    let _serial = serial();
+    let b = build_unlocked(backbone, methods);
     randomize_methods(&b.vs);
     let dir = tempfile::tempdir().unwrap();
     let x = input();
@@ -193,3 +211,79 @@ pub fn assert_matches_pytorch_reference(backbone_json: &str, backbone: &str, met
     }
     assert!(compared > 0, "no method gradient was compared");
 }
+
+/// The error message of a model config with `backbone` and `methods` that must fail, whether the
+/// config is rejected when read or the model when built.
+pub fn build_error(backbone: &str, methods: &str) -> String {
+    let yaml = format!(
+        "model:\n  type: ImageClassifier\n  backbone: {backbone}\n  head: {{type: LinearHead, num_classes: 2}}\n  methods: {methods}\n"
+    );
+    crate::init();
+    let node = vpetl_core::config::load::parse_yaml(&yaml, &vpetl_core::config::Origin::new("t.yaml")).unwrap();
+    let cfg = match RunConfig::from_node(&node) {
+        Ok(cfg) => cfg,
+        Err(e) => return e.to_string(),
+    };
+    let vs = nn::VarStore::new(Device::Cpu);
+    cfg.model.unwrap().spec.build(&vs).err().expect("the config must fail").to_string()
+}
+
+/// A backbone with only the sites it is given (`name:kind`, kinds linear / branch / tokens), to
+/// exercise methods' missing-site errors (`type: SitesOnly`, registered in scope `test`).
+#[derive(Debug, serde::Deserialize)]
+pub struct SitesOnlySpec {
+    sites: Vec<String>,
+}
+
+struct SitesOnly {
+    sites: vpetl_core::backbones::sites::SiteMap,
+}
+
+impl vpetl_core::backbones::BackboneSpec for SitesOnlySpec {
+    fn build(&self, vs: nn::Path) -> anyhow::Result<Box<dyn vpetl_core::backbones::Backbone>> {
+        use vpetl_core::backbones::sites::SiteKind;
+        let mut sites = vpetl_core::backbones::sites::SiteMap::default();
+        for s in &self.sites {
+            let (name, kind) = s.split_once(':').ok_or_else(|| anyhow::anyhow!("site `{s}` is not name:kind"))?;
+            match kind {
+                "linear" => {
+                    let layer = nn::linear(&vs / "layer", 8, 8, Default::default());
+                    sites.linear(name.to_string(), &layer);
+                }
+                "branch" => {
+                    sites.plain(name.to_string(), SiteKind::Branch, 8, 0);
+                }
+                "tokens" => {
+                    sites.plain(name.to_string(), SiteKind::Tokens, 8, 0);
+                }
+                _ => anyhow::bail!("unknown kind {kind}"),
+            };
+        }
+        Ok(Box::new(SitesOnly { sites }))
+    }
+    fn feature_dim(&self) -> i64 {
+        8
+    }
+}
+
+impl vpetl_core::backbones::Backbone for SitesOnly {
+    fn sites(&self) -> &vpetl_core::backbones::sites::SiteMap {
+        &self.sites
+    }
+    fn check_input(&self, _: &[i64]) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn forward(
+        &self,
+        _: &Tensor,
+        _: &vpetl_core::backbones::sites::Hooks,
+        _: ForwardOpts,
+    ) -> vpetl_core::backbones::BackboneOutput {
+        unreachable!("SitesOnly only exists to attach methods to")
+    }
+    fn feature_dim(&self) -> i64 {
+        8
+    }
+}
+
+vpetl_core::register!(Backbone, "test", "SitesOnly", SitesOnlySpec as dyn vpetl_core::backbones::BackboneSpec, "a backbone with only the sites it is given");

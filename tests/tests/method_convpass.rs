@@ -19,20 +19,6 @@ fn bypass(c: i64, r: i64) -> i64 {
     (r * c + r) + (9 * r * r + r) + (c * r + c)
 }
 
-fn build_error(backbone: &str, methods: &str) -> String {
-    let yaml = format!(
-        "model:\n  type: ImageClassifier\n  backbone: {backbone}\n  head: {{type: LinearHead, num_classes: 2}}\n  methods: {methods}\n"
-    );
-    vpetl_tests::init();
-    let node = vpetl_core::config::load::parse_yaml(&yaml, &vpetl_core::config::Origin::new("t.yaml")).unwrap();
-    let cfg = match vpetl_core::config::RunConfig::from_node(&node) {
-        Ok(cfg) => cfg,
-        Err(e) => return e.to_string(),
-    };
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    cfg.model.unwrap().spec.build(&vs).err().expect("the config must fail").to_string()
-}
-
 #[test]
 fn starts_as_the_frozen_backbone() {
     // The up-projection starts at zero (the paper's init), whatever the convolution's init.
@@ -85,66 +71,6 @@ fn bad_options_and_missing_sites_are_errors() {
     let err = build_error(TINY_VIT, "[{type: Convpass, target: 'blocks\\.7\\.attn_branch'}]");
     assert!(err.contains("matches no branch site"), "{err}");
 }
-
-/// A backbone registered by this test binary only, declaring just the sites it is given
-/// (`name:kind`, kinds branch / tokens / norm / linear), to exercise missing-site errors.
-#[derive(Debug, serde::Deserialize)]
-struct SitesOnlySpec {
-    sites: Vec<String>,
-}
-
-struct SitesOnly {
-    sites: vpetl_core::backbones::sites::SiteMap,
-}
-
-impl vpetl_core::backbones::BackboneSpec for SitesOnlySpec {
-    fn build(&self, vs: tch::nn::Path) -> anyhow::Result<Box<dyn vpetl_core::backbones::Backbone>> {
-        use vpetl_core::backbones::sites::SiteKind;
-        let mut sites = vpetl_core::backbones::sites::SiteMap::default();
-        for s in &self.sites {
-            let (name, kind) = s.split_once(':').unwrap();
-            match kind {
-                "linear" => {
-                    let layer = tch::nn::linear(&vs / "layer", 8, 8, Default::default());
-                    sites.linear(name.to_string(), &layer);
-                }
-                "branch" => {
-                    sites.plain(name.to_string(), SiteKind::Branch, 8, 0);
-                }
-                "tokens" => {
-                    sites.plain(name.to_string(), SiteKind::Tokens, 8, 0);
-                }
-                _ => anyhow::bail!("unknown kind {kind}"),
-            };
-        }
-        Ok(Box::new(SitesOnly { sites }))
-    }
-    fn feature_dim(&self) -> i64 {
-        8
-    }
-}
-
-impl vpetl_core::backbones::Backbone for SitesOnly {
-    fn sites(&self) -> &vpetl_core::backbones::sites::SiteMap {
-        &self.sites
-    }
-    fn check_input(&self, _: &[i64]) -> anyhow::Result<()> {
-        Ok(())
-    }
-    fn forward(
-        &self,
-        _: &tch::Tensor,
-        _: &vpetl_core::backbones::sites::Hooks,
-        _: vpetl_core::backbones::ForwardOpts,
-    ) -> vpetl_core::backbones::BackboneOutput {
-        unimplemented!("SitesOnly only exists to attach methods to")
-    }
-    fn feature_dim(&self) -> i64 {
-        8
-    }
-}
-
-vpetl_core::register!(Backbone, "test", "SitesOnly", SitesOnlySpec as dyn vpetl_core::backbones::BackboneSpec, "a backbone with only the sites it is given");
 
 #[test]
 fn branches_without_their_norm_site_are_errors() {

@@ -63,17 +63,6 @@ fn runs_twice_with_the_same_result() {
     assert!(first.allclose(&second, 0.0, 0.0, false));
 }
 
-fn build_error(backbone: &str, methods: &str) -> String {
-    let yaml = format!(
-        "model:\n  type: ImageClassifier\n  backbone: {backbone}\n  head: {{type: LinearHead, num_classes: 2}}\n  methods: {methods}\n"
-    );
-    vpetl_tests::init();
-    let node = vpetl_core::config::load::parse_yaml(&yaml, &vpetl_core::config::Origin::new("t.yaml")).unwrap();
-    let cfg = vpetl_core::config::RunConfig::from_node(&node).unwrap();
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    cfg.model.unwrap().spec.build(&vs).err().expect("the build must fail").to_string()
-}
-
 #[test]
 fn vit_is_refused() {
     let err = build_error(TINY_VIT, "[{type: E3VA}]");

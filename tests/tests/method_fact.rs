@@ -20,20 +20,6 @@ fn tk(r: i64, widths: &[i64], blocks: i64) -> i64 {
     widths.iter().map(|d| 2 * r * d).sum::<i64>() + r * r * r + r * 12 * blocks
 }
 
-fn build_error(backbone: &str, methods: &str) -> String {
-    let yaml = format!(
-        "model:\n  type: ImageClassifier\n  backbone: {backbone}\n  head: {{type: LinearHead, num_classes: 2}}\n  methods: {methods}\n"
-    );
-    vpetl_tests::init();
-    let node = vpetl_core::config::load::parse_yaml(&yaml, &vpetl_core::config::Origin::new("t.yaml")).unwrap();
-    let cfg = match vpetl_core::config::RunConfig::from_node(&node) {
-        Ok(cfg) => cfg,
-        Err(e) => return e.to_string(),
-    };
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    cfg.model.unwrap().spec.build(&vs).err().expect("the config must fail").to_string()
-}
-
 #[test]
 fn starts_as_the_frozen_backbone() {
     // V starts at zero (the paper's init), so every update is zero.

@@ -68,17 +68,6 @@ fn is_not_mergeable() {
     assert!(err.contains("cannot be merged"), "{err}");
 }
 
-fn build_error(backbone: &str, methods: &str) -> String {
-    let yaml = format!(
-        "model:\n  type: ImageClassifier\n  backbone: {backbone}\n  head: {{type: LinearHead, num_classes: 2}}\n  methods: {methods}\n"
-    );
-    vpetl_tests::init();
-    let node = vpetl_core::config::load::parse_yaml(&yaml, &vpetl_core::config::Origin::new("t.yaml")).unwrap();
-    let cfg = vpetl_core::config::RunConfig::from_node(&node).unwrap();
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    cfg.model.unwrap().spec.build(&vs).err().expect("the build must fail").to_string()
-}
-
 #[test]
 fn bad_options_are_errors() {
     let err = build_error(TINY_SWIN, "[{type: LoRand, alpha: 0}]");

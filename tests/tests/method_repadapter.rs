@@ -15,20 +15,6 @@ fn adapter(c: i64, r: i64, g: i64) -> i64 {
     r * c + r + c * (r / g) + c
 }
 
-fn build_error(backbone: &str, methods: &str) -> String {
-    let yaml = format!(
-        "model:\n  type: ImageClassifier\n  backbone: {backbone}\n  head: {{type: LinearHead, num_classes: 2}}\n  methods: {methods}\n"
-    );
-    vpetl_tests::init();
-    let node = vpetl_core::config::load::parse_yaml(&yaml, &vpetl_core::config::Origin::new("t.yaml")).unwrap();
-    let cfg = match vpetl_core::config::RunConfig::from_node(&node) {
-        Ok(cfg) => cfg,
-        Err(e) => return e.to_string(),
-    };
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    cfg.model.unwrap().spec.build(&vs).err().expect("the config must fail").to_string()
-}
-
 #[test]
 fn starts_as_the_frozen_backbone() {
     // The group-wise up-projection and both biases start at zero: RA is the identity.

@@ -48,3 +48,38 @@ fn mean_pooling_leaves_the_prompts_out() {
     let last = out.features.blocks.last().unwrap();
     assert_eq!(last.size()[1], 1 + 3 + 16);
 }
+
+#[test]
+fn init_is_the_official_uniform_bound() {
+    // U(-v, v), v = sqrt(6 / (3 * patch^2 + dim)): tiny ViT patch 8, width 32.
+    let b = build(TINY_VIT, DEEP);
+    let vars = b.vs.variables();
+    let v = (6.0f64 / (3.0 * 64.0 + 32.0)).sqrt();
+    for name in ["methods.vpt_deep.prompt_embeddings", "methods.vpt_deep.deep_prompt_embeddings"] {
+        let max = vars[name].abs().max().double_value(&[]);
+        assert!(max <= v && max > 0.5 * v, "{name}: max |prompt| {max} for bound {v}");
+    }
+    assert_eq!(vars["methods.vpt_deep.deep_prompt_embeddings"].size(), vec![1, 3, 32]);
+}
+
+#[test]
+fn the_papers_counts_on_vit_b16() {
+    // V-PETL's VPT-Shallow: 100 prompts = 76,800 (0.08M). VPT-Deep: 12 x P x 768 (P = 10: 92,160).
+    assert_trainable_count("{type: ViT}", "[{type: VPT-Shallow, num_tokens: 100}]", 76_800);
+    assert_trainable_count("{type: ViT}", "[{type: VPT-Deep, num_tokens: 10}]", 12 * 10 * 768);
+}
+
+#[test]
+fn bad_options_are_errors() {
+    for (m, want) in [
+        ("[{type: VPT-Shallow, num_tokens: 0}]", "VPT-Shallow: num_tokens must be at least 1, got 0"),
+        ("[{type: VPT-Deep, num_tokens: -2}]", "VPT-Deep: num_tokens must be at least 1, got -2"),
+    ] {
+        let err = std::panic::catch_unwind(|| build(TINY_VIT, m)).err().unwrap();
+        let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(msg.contains(want), "{msg}");
+    }
+    let err = std::panic::catch_unwind(|| build(TINY_SWIN, SHALLOW)).err().unwrap();
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("VPT-Shallow inserts prompt tokens into a token sequence"), "{msg}");
+}
