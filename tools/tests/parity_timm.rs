@@ -146,3 +146,74 @@ fn a_pickle_that_calls_code_is_refused() {
     assert!(err.contains("evil.pth: refusing to load") && err.contains("system"), "{err}");
     assert!(!marker.exists(), "the pickle's code ran");
 }
+
+#[test]
+fn a_shape_mismatch_is_an_error_naming_the_key_unless_allowed() {
+    // Weights for 5 classes loaded into a 3-class head.
+    let dir = tempfile::tempdir().unwrap();
+    reference(dir.path(), "vit", &format!("{{{VIT}}}"), 32, &[]);
+    let kwargs = format!(r#"{{{}, "num_classes": 3}}"#, VIT.replace(r#", "num_classes": 5"#, ""));
+    std::fs::write(dir.path().join("model.yaml"), config("ViT", &kwargs, 32)).unwrap();
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_infer"))
+            .current_dir(dir.path())
+            .args(["model.yaml", "--checkpoint", "weights.safetensors", "--input", "input.safetensors", "--output", "o.safetensors"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        err.contains("weights.safetensors: `head.bias` has shape [5] in the file but [3] in the model")
+            || err.contains("weights.safetensors: `head.weight` has shape [5, 32] in the file but [3, 32] in the model"),
+        "{err}"
+    );
+    let out = run(&["--allow-shape-mismatch", r"head\..*"]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("shape mismatch kept at init head.weight: file [5, 32], model [3, 32]"), "{log}");
+}
+
+#[test]
+fn merged_lora_exports_load_in_timm_with_the_same_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    reference(dir.path(), "vit", &format!("{{{VIT}}}"), 32, &[]);
+    let cfg = config("ViT", &format!("{{{VIT}}}"), 32).replacen("  head:", "  methods: [{type: LoRA, rank: 4, alpha: 8, target: '.*(qkv|fc1)'}]\n  head:", 1);
+    let cfg = with_pretrained(&cfg, &format!("    path: {}\n", dir.path().join("weights.safetensors").display()));
+    std::fs::write(dir.path().join("lora.yaml"), &cfg).unwrap();
+    // "Trained" LoRA factors (random, so that the merge is not trivial), saved as a checkpoint.
+    vpetl_tools::init();
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let node = vpetl_core::config::load(&dir.path().join("lora.yaml"), &[]).unwrap();
+    let run_cfg = vpetl_core::config::RunConfig::from_node(&node).unwrap();
+    let model = run_cfg.model.as_ref().unwrap().spec.build(&vs).unwrap();
+    let mut trainable = Vec::new();
+    tch::no_grad(|| {
+        for (k, mut v) in vs.variables() {
+            if k.starts_with("methods.") {
+                v.copy_(&(Tensor::randn_like(&v) * 0.2));
+                trainable.push((k, v));
+            } else if k.starts_with("head.") {
+                trainable.push((k, v));
+            }
+        }
+    });
+    let meta = vpetl_core::engine::checkpoint::Meta::default();
+    vpetl_core::engine::checkpoint::save(&dir.path().join("trained.safetensors"), &trainable, &[], &meta).unwrap();
+    let x = Tensor::read_safetensors(dir.path().join("input.safetensors")).unwrap().remove(0).1;
+    let ours = tch::no_grad(|| model.forward(&x, vpetl_core::backbones::ForwardOpts::default()).logits);
+    let out = Command::new(env!("CARGO_BIN_EXE_merge"))
+        .current_dir(dir.path())
+        .args(["lora.yaml", "--checkpoint", "trained.safetensors", "--output", "merged.safetensors"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let script = "import sys, torch\nfrom safetensors.torch import load_file, save_file\nfrom timm.models.vision_transformer import VisionTransformer\nm = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4, num_classes=5).eval()\nm.load_state_dict(load_file('merged.safetensors'), strict=True)\nx = load_file('input.safetensors')['input']\nwith torch.no_grad():\n    save_file({'logits': m(x)}, 'timm.safetensors')\n";
+    let out = Command::new(python()).current_dir(dir.path()).args(["-c", script]).output().unwrap();
+    assert!(out.status.success(), "timm could not load the merged export:\n{}", String::from_utf8_lossy(&out.stderr));
+    let theirs = Tensor::read_safetensors(dir.path().join("timm.safetensors")).unwrap().remove(0).1;
+    let d = (&ours - &theirs).abs().max().double_value(&[]);
+    assert!(d <= 1e-5, "timm's output from the merged export differs: max |Δ| = {d:e}");
+}
