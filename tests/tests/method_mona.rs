@@ -85,29 +85,18 @@ fn is_not_mergeable() {
     assert!(err.contains("cannot be merged"), "{err}");
 }
 
-fn build_error(methods: &str) -> String {
-    let yaml = format!(
-        "model:\n  type: ImageClassifier\n  backbone: {TINY_SWIN}\n  head: {{type: LinearHead, num_classes: 2}}\n  methods: {methods}\n"
-    );
-    vpetl_tests::init();
-    let node = vpetl_core::config::load::parse_yaml(&yaml, &vpetl_core::config::Origin::new("t.yaml")).unwrap();
-    let cfg = vpetl_core::config::RunConfig::from_node(&node).unwrap();
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    cfg.model.unwrap().spec.build(&vs).err().expect("the build must fail").to_string()
-}
-
 #[test]
 fn bad_options_are_errors() {
-    let err = build_error("[{type: Mona, bottleneck: 0}]");
+    let err = build_error(TINY_SWIN, "[{type: Mona, bottleneck: 0}]");
     assert!(err.contains("Mona: bottleneck must be at least 1, got 0"), "{err}");
-    let err = build_error("[{type: Mona, kernels: [3, 4]}]");
+    let err = build_error(TINY_SWIN, "[{type: Mona, kernels: [3, 4]}]");
     assert!(err.contains("Mona: kernel sizes must be odd and positive"), "{err}");
-    let err = build_error("[{type: Mona, dropout: 1.5}]");
+    let err = build_error(TINY_SWIN, "[{type: Mona, dropout: 1.5}]");
     assert!(err.contains("Mona: dropout must be in [0, 1)"), "{err}");
 }
 
 #[test]
 fn an_empty_target_match_is_an_error() {
-    let err = build_error(r"[{type: Mona, target: 'layers\.9\.blocks\.0\.mid'}]");
+    let err = build_error(TINY_SWIN, r"[{type: Mona, target: 'layers\.9\.blocks\.0\.mid'}]");
     assert!(err.contains("matches no tokens site of this backbone"), "{err}");
 }

@@ -67,24 +67,13 @@ fn is_not_mergeable() {
     assert!(err.contains("cannot be merged"), "{err}");
 }
 
-fn build_error(methods: &str) -> String {
-    let yaml = format!(
-        "model:\n  type: ImageClassifier\n  backbone: {TINY_VIT}\n  head: {{type: LinearHead, num_classes: 2}}\n  methods: {methods}\n"
-    );
-    vpetl_tests::init();
-    let node = vpetl_core::config::load::parse_yaml(&yaml, &vpetl_core::config::Origin::new("t.yaml")).unwrap();
-    let cfg = vpetl_core::config::RunConfig::from_node(&node).unwrap();
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    cfg.model.unwrap().spec.build(&vs).err().expect("the build must fail").to_string()
-}
-
 #[test]
 fn bad_options_are_errors() {
-    let err = build_error("[{type: U-Tuning, length: 0}]");
+    let err = build_error(TINY_VIT, "[{type: U-Tuning, length: 0}]");
     assert!(err.contains("U-Tuning: length must be at least 1 for a Prefix tuner, got 0"), "{err}");
-    let err = build_error("[{type: U-Tuning, mha: none}]");
+    let err = build_error(TINY_VIT, "[{type: U-Tuning, mha: none}]");
     assert!(err.contains("U-Tuning: no tuner selected"), "{err}");
-    let err = build_error("[{type: U-Tuning, ffn_bottleneck: -2}]");
+    let err = build_error(TINY_VIT, "[{type: U-Tuning, ffn_bottleneck: -2}]");
     assert!(err.contains("U-Tuning: bottlenecks must be 0 (no adapter) or positive"), "{err}");
     let yaml = format!("model:\n  type: ImageClassifier\n  backbone: {TINY_VIT}\n  head: {{type: LinearHead, num_classes: 2}}\n  methods: [{{type: U-Tuning, mha: query}}]\n");
     let node = vpetl_core::config::load::parse_yaml(&yaml, &vpetl_core::config::Origin::new("t.yaml")).unwrap();
@@ -94,6 +83,6 @@ fn bad_options_are_errors() {
 
 #[test]
 fn an_empty_block_match_is_an_error() {
-    let err = build_error(r"[{type: U-Tuning, blocks: 'blocks\.5'}]");
+    let err = build_error(TINY_VIT, r"[{type: U-Tuning, blocks: 'blocks\.5'}]");
     assert!(err.contains("U-Tuning: blocks `blocks\\.5` match no block of this backbone (its blocks: blocks.0, blocks.1)"), "{err}");
 }

@@ -10,8 +10,8 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use tch::Tensor;
 use vpetl_core::backbones::ForwardOpts;
-use vpetl_core::checkpoint::load::{load_pretrained, PretrainedSpec};
 use vpetl_core::config::RunConfig;
+use vpetl_core::engine::runner::{build_model, load_weights};
 
 #[derive(Parser)]
 #[command(about = "Run a model on saved input tensors and save its outputs")]
@@ -38,21 +38,9 @@ struct Args {
 fn run(args: Args) -> anyhow::Result<()> {
     let node = vpetl_core::config::load(&args.config, &args.cfg_options)?;
     let cfg = RunConfig::from_node(&node)?;
-    let model_cfg = cfg.model.with_context(|| format!("{}: the config has no `model`", args.config.display()))?;
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let model = model_cfg.spec.build(&vs)?;
+    let (vs, model) = build_model(&cfg, tch::Device::Cpu).with_context(|| format!("{}", args.config.display()))?;
     if let Some(ckpt) = &args.checkpoint {
-        let spec = PretrainedSpec {
-            path: ckpt.clone(),
-            layout: Default::default(),
-            strip_prefix: vec![],
-            rename: vec![],
-            skip: vec![],
-            allow_shape_mismatch: args.allow_shape_mismatch.clone(),
-            strict: false,
-        };
-        let report = load_pretrained(&vs, &spec, model.backbone())?;
-        eprint!("{report}");
+        load_weights(&vs, model.as_ref(), ckpt, &args.allow_shape_mismatch)?;
     }
     let inputs = Tensor::read_safetensors(&args.input)
         .with_context(|| format!("cannot read input tensors from {}", args.input.display()))?;

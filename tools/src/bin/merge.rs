@@ -50,7 +50,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let cfg = RunConfig::from_node(&node)?;
     let (vs, model) = build_model(&cfg, tch::Device::Cpu)?;
     if let Some(ck) = &args.checkpoint {
-        load_weights(&vs, model.as_ref(), ck)?;
+        load_weights(&vs, model.as_ref(), ck, &[])?;
     }
     let merged = model.merged_backbone(&vs)?;
     let mut out: Vec<(String, Tensor)> = merged.into_iter().collect();

@@ -56,8 +56,9 @@ pub fn build_model(cfg: &RunConfig, device: Device) -> anyhow::Result<(nn::VarSt
 }
 
 /// Loads weights into a built model: a vpetl training checkpoint (its trainable tensors) or any
-/// supported weights file (mapped as pretrained weights).
-pub fn load_weights(vs: &nn::VarStore, model: &dyn Model, path: &Path) -> anyhow::Result<()> {
+/// supported weights file (mapped as pretrained weights; variables matching `allow_shape_mismatch`
+/// keep their initialisation when the file's shape differs).
+pub fn load_weights(vs: &nn::VarStore, model: &dyn Model, path: &Path, allow_shape_mismatch: &[String]) -> anyhow::Result<()> {
     if path.extension().is_some_and(|e| e == "safetensors") {
         if let Ok(ck) = checkpoint::load(path) {
             let vars = vs.variables();
@@ -87,7 +88,7 @@ pub fn load_weights(vs: &nn::VarStore, model: &dyn Model, path: &Path) -> anyhow
         strip_prefix: vec![],
         rename: vec![],
         skip: vec![],
-        allow_shape_mismatch: vec![],
+        allow_shape_mismatch: allow_shape_mismatch.to_vec(),
         strict: false,
     };
     let report = load_pretrained(vs, &spec, model.backbone())?;
@@ -148,7 +149,7 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
     let device = crate::runtime::default_device();
     let (vs, model) = build_model(&cfg, device)?;
     if let Some(path) = &cfg.load_from {
-        load_weights(&vs, model.as_ref(), path)?;
+        load_weights(&vs, model.as_ref(), path, &[])?;
     }
     let train_spec = cfg.train_dataloader.as_ref().context("the config has no `train_dataloader`")?;
     let train_loader = Loader::from_spec(train_spec, seed)?;
@@ -381,7 +382,7 @@ pub fn test(node: &Node, checkpoint_path: &Path) -> anyhow::Result<Vec<(String, 
     tch::manual_seed(seed as i64);
     let device = crate::runtime::default_device();
     let (vs, model) = build_model(&cfg, device)?;
-    load_weights(&vs, model.as_ref(), checkpoint_path)?;
+    load_weights(&vs, model.as_ref(), checkpoint_path, &[])?;
     let spec = cfg
         .test_dataloader
         .as_ref()
