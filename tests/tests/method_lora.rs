@@ -57,3 +57,16 @@ fn an_empty_target_match_is_an_error() {
     let err = cfg.model.unwrap().spec.build(&vs).err().expect("an empty match must fail").to_string();
     assert!(err.starts_with("LoRA (lora at model.methods.0): target `blocks\\.9\\.attn\\.qkv` matches no linear site of this backbone (its linear sites: blocks.0.attn.qkv,"), "{err}");
 }
+
+#[test]
+fn composes_with_other_methods() {
+    // LoRA + VPT-Deep on one backbone: both attach, both train, counts add up.
+    let both = "[{type: LoRA, rank: 4, alpha: 8}, {type: VPT-Deep, num_tokens: 2}]";
+    assert_gradients_on_trainable_only(TINY_VIT, both);
+    assert_trainable_count(TINY_VIT, both, 2 * 2 * 4 * (32 + 32) + 2 * 2 * 32);
+    // Two LoRAs on different sites get their own namespaces (`lora_0`, `lora_1`).
+    let twice = "[{type: LoRA, rank: 2}, {type: LoRA, rank: 2, target: '.*mlp\\.fc1'}]";
+    let b = build(TINY_VIT, twice);
+    let names: Vec<String> = b.vs.variables().into_keys().filter(|k| k.starts_with("methods.")).collect();
+    assert!(names.iter().any(|n| n.starts_with("methods.lora_0.")) && names.iter().any(|n| n.starts_with("methods.lora_1.")), "{names:?}");
+}
