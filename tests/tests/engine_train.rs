@@ -99,6 +99,13 @@ fn train_then_test_and_results_schema() {
     // tools/test's path: the checkpoint evaluated on the test split.
     let metrics = test(&node, &wd.join("epoch_3.safetensors")).unwrap();
     assert_eq!(metrics[0].0, "accuracy/top1");
+    // The method-only file (trained tensors + the methods' config) gives the same evaluation.
+    let method_only = wd.join("method.safetensors");
+    let st = std::fs::read(&method_only).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&st).unwrap();
+    let methods = header.metadata().as_ref().unwrap()["vpetl_methods"].clone();
+    assert!(methods.contains("\"LoRA\"") && methods.contains("\"rank\":2"), "{methods}");
+    assert_eq!(test(&node, &method_only).unwrap(), metrics);
 }
 
 #[test]

@@ -51,7 +51,8 @@ pub enum Layout {
     GoogleNpz,
     /// Microsoft's Swin release (`layers.0.downsample` at a stage's end, `head.weight`).
     Microsoft,
-    /// Already in this model's variable names (`backbone.*`, `head.*`).
+    /// Already in this model's variable names (`backbone.*`, `methods.*`, `head.*`), e.g. a
+    /// method-only file.
     Native,
 }
 
@@ -159,7 +160,7 @@ pub fn map_keys(
             let keys: Vec<&str> = tensors.iter().map(|(k, _)| k.as_str()).collect();
             if google_vit::detect(&keys) {
                 Layout::GoogleNpz
-            } else if keys.iter().any(|k| k.starts_with("backbone.")) {
+            } else if keys.iter().any(|k| k.starts_with("backbone.") || k.starts_with("methods.")) {
                 Layout::Native
             } else {
                 Layout::Timm

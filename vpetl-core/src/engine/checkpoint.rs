@@ -103,6 +103,18 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     Ok(Loaded { params, optim, meta })
 }
 
+/// Writes the trained tensors alone (methods, head, and any backbone tensor a method trains) with
+/// the model's `methods` config as JSON metadata (`vpetl_methods`), like PEFT's
+/// `adapter_model.safetensors`: loadable on top of the pretrained backbone with `load_from` or
+/// `tools/test --checkpoint`, since its names are the model's own.
+pub fn save_method_only(path: &Path, trained: &[(String, Tensor)], methods_json: &str) -> anyhow::Result<()> {
+    let named: Vec<(String, Raw)> = trained.iter().map(|(k, t)| Ok((k.clone(), to_raw(t)?))).collect::<anyhow::Result<_>>()?;
+    let info: HashMap<String, String> = [("vpetl_methods".to_string(), methods_json.to_string())].into_iter().collect();
+    let bytes = safetensors::serialize(named.iter().map(|(k, r)| (k.as_str(), r)), &Some(info))
+        .with_context(|| format!("cannot serialise {}", path.display()))?;
+    write_atomic(path, &bytes)
+}
+
 pub fn epoch_path(work_dir: &Path, epoch: u64) -> PathBuf {
     work_dir.join(format!("epoch_{epoch}.safetensors"))
 }

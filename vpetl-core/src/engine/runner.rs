@@ -350,6 +350,11 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
         git_revision: git_revision(),
     };
     results.write(&work_dir.join("results.json"))?;
+    let methods_json = node.lookup("model.methods").map_or_else(|| "[]".to_string(), |n| {
+        serde_json::to_string(&n.to_yaml_value()).unwrap_or_else(|_| "[]".into())
+    });
+    let trained: Vec<(String, Tensor)> = trainable.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
+    checkpoint::save_method_only(&work_dir.join("method.safetensors"), &trained, &methods_json)?;
     tracing::info!(
         "done: {} {:.2} (best {:.2}), {} trainable parameters (method {}), PPT {:.4}",
         results.metric.name,
