@@ -78,3 +78,18 @@ fn env_reports_the_runtime() {
     // The wheel ships libtorch_cuda.so, so the backend must load even where no GPU is present.
     assert!(out.contains("CUDA backend          loaded"), "{out}");
 }
+
+#[test]
+fn params_table_matches_every_reproducible_cell() {
+    let (code, out, err) = run(env!("CARGO_BIN_EXE_params"), &["--table"], Path::new("."));
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<&str> = out.lines().skip(2).collect();
+    assert!(rows.len() >= 18, "{out}");
+    for row in &rows {
+        let cols: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert!(cols[6] == "yes" || cols[6] == "definition only", "a cell does not match: {row}");
+    }
+    // The cells that follow exactly from the definitions (paper_tables.md), e.g. LoRA and Swin-B Partial-1.
+    assert!(out.contains("| LoRA | ViT-B/16 | 0.29M | 294,912 | 294,912 | yes |"), "{out}");
+    assert!(out.contains("| Partial-1 | Swin-B | 12.60M | 12,601,632 | 12,601,632 | yes |"), "{out}");
+}

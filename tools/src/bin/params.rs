@@ -21,7 +21,8 @@ struct Args {
 }
 
 const VIT_B16: &str = "{type: ViT, img_size: 224, patch_size: 16, embed_dim: 768, depth: 12, num_heads: 12}";
-const SWIN_B: &str = "{type: Swin, img_size: 224, embed_dim: 128, depths: [2, 2, 18, 2], num_heads: [4, 8, 16, 32], window_size: 7}";
+/// Swin-B as the dense tables count it: mmdet's backbone (stage-output norms, no final norm).
+const SWIN_B: &str = "{type: Swin, img_size: 224, embed_dim: 128, depths: [2, 2, 18, 2], num_heads: [4, 8, 16, 32], window_size: 7, window_mode: detection, out_norms: true, final_norm: false}";
 
 /// (method, backbone, methods YAML, the seed's cell, the count the definition gives, convention).
 const ROWS: &[(&str, &str, &str, &str, i64, &str)] = &[
@@ -37,10 +38,11 @@ const ROWS: &[(&str, &str, &str, &str, i64, &str)] = &[
     ("Hydra", VIT_B16, "[{type: Hydra}]", "0.28M", 239_712, "rank 2 parallel + sequential on proj and fc2 (the cell adds the VTAB head)"),
     ("RepAdapter", VIT_B16, "[{type: RepAdapter}]", "0.22M", 239_808, "as specified (the cell counts weights only: 221,184)"),
     ("Prefix (FGVC)", VIT_B16, "[{type: Prefix}]", "0.36M", 184_320, "prefix length 10 (the cell adds the FGVC head)"),
-    ("Full fine-tuning", SWIN_B, "[{type: FullFT}]", "86.75M", 0, "Swin-B backbone"),
+    ("Full fine-tuning", SWIN_B, "[{type: FullFT}]", "86.75M", 86_745_016, "Swin-B dense backbone (norm0..3, no final norm)"),
     ("BitFit", SWIN_B, "[{type: BitFit}]", "0.20M", 0, "Swin-B: every *bias incl. position-bias tables"),
     ("LN-Tune", SWIN_B, "[{type: LN-Tune}]", "0.06M", 0, "Swin-B: every LayerNorm"),
-    ("Partial-1", SWIN_B, "[{type: Partial-k, k: 1}]", "12.60M", 0, "Swin-B: the last block"),
+    ("Partial-1", SWIN_B, "[{type: Partial-k, k: 1}]", "12.60M", 12_601_632, "Swin-B: the last block"),
+    ("Adapter", SWIN_B, "[{type: Adapter, placement: houlsby, bottleneck: 64}]", "3.11M", 3_107_328, "Swin-B: Houlsby, bottleneck 64"),
     ("LoRand", SWIN_B, "[{type: LoRand}]", "1.20M", 1_203_456, "Swin-B, alpha 2, beta 8"),
 ];
 

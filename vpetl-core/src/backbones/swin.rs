@@ -57,6 +57,9 @@ pub struct SwinSpec {
     pub window_mode: WindowMode,
     /// A LayerNorm on each stage output (`norm0`..`norm3`) for dense heads.
     pub out_norms: bool,
+    /// The classification `norm` after the last stage; mmdet's dense backbone has none (set false
+    /// with `out_norms: true` for the dense tables' parameter counts).
+    pub final_norm: bool,
 }
 
 impl Default for SwinSpec {
@@ -74,6 +77,7 @@ impl Default for SwinSpec {
             drop_path_rate: 0.0,
             window_mode: WindowMode::Classification,
             out_norms: false,
+            final_norm: true,
         }
     }
 }
@@ -357,12 +361,12 @@ pub struct Swin {
     patch_embed: nn::Conv2D,
     patch_norm: nn::LayerNorm,
     stages: Vec<Stage>,
-    norm: nn::LayerNorm,
+    /// The final norm and its site, unless `final_norm: false`.
+    norm: Option<(nn::LayerNorm, SiteId)>,
     sites: SiteMap,
     patch_site: SiteId,
     patch_norm_site: SiteId,
     input_site: SiteId,
-    norm_site: SiteId,
 }
 
 impl Swin {
@@ -411,9 +415,12 @@ impl Swin {
             res = (res.0 / 2, res.1 / 2);
         }
         let final_dim = spec.embed_dim << (spec.depths.len() - 1);
-        let norm = layer_norm(&vs / "norm", final_dim, EPS);
-        let norm_site = sites.norm("norm".into(), &norm);
-        Ok(Swin { spec, patch_embed, patch_norm, stages, norm, sites, patch_site, patch_norm_site, input_site, norm_site })
+        let norm = spec.final_norm.then(|| {
+            let layer = layer_norm(&vs / "norm", final_dim, EPS);
+            let site = sites.norm("norm".into(), &layer);
+            (layer, site)
+        });
+        Ok(Swin { spec, patch_embed, patch_norm, stages, norm, sites, patch_site, patch_norm_site, input_site })
     }
 }
 
@@ -471,7 +478,10 @@ impl Backbone for Swin {
                 None => t = features,
             }
         }
-        let tokens = norm(&self.norm, self.norm_site, &t.x, hooks, &Ctx::of(&t, train));
+        let tokens = match &self.norm {
+            Some((layer, site)) => norm(layer, *site, &t.x, hooks, &Ctx::of(&t, train)),
+            None => t.x,
+        };
         let pooled = tokens.mean_dim([1, 2].as_slice(), false, None);
         BackboneOutput { pooled, tokens, blocks, stages }
     }
