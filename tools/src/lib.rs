@@ -18,3 +18,11 @@ pub fn exit_with(err: anyhow::Error) -> ! {
     }
     std::process::exit(2)
 }
+
+/// Writes named tensors (made contiguous) to a safetensors file.
+pub fn write_tensors(path: &std::path::Path, named: Vec<(String, tch::Tensor)>) -> anyhow::Result<usize> {
+    use anyhow::Context;
+    let named: Vec<(String, tch::Tensor)> = named.into_iter().map(|(k, t)| (k, t.contiguous())).collect();
+    tch::Tensor::write_safetensors(&named, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(named.len())
+}

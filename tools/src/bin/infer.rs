@@ -59,8 +59,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         named.extend(out.features.blocks.into_iter().enumerate().map(|(i, t)| (format!("blocks.{i}"), t)));
         named.extend(out.features.stages.into_iter().enumerate().map(|(i, t)| (format!("stages.{i}"), t)));
     }
-    let named: Vec<(String, Tensor)> = named.into_iter().map(|(k, t)| (k, t.contiguous())).collect();
-    Tensor::write_safetensors(&named, &args.output).with_context(|| format!("cannot write {}", args.output.display()))?;
+    vpetl_tools::write_tensors(&args.output, named)?;
     Ok(())
 }
 

@@ -63,9 +63,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     if backbone.ends_with("Swin") && matches!(args.naming, Naming::Timm) {
         out = out.into_iter().map(|(k, v)| (swin_to_timm(&k), v)).collect();
     }
-    let out: Vec<(String, Tensor)> = out.into_iter().map(|(k, v)| (k, v.contiguous())).collect();
-    Tensor::write_safetensors(&out, &args.output).with_context(|| format!("cannot write {}", args.output.display()))?;
-    eprintln!("wrote {} tensors to {}", out.len(), args.output.display());
+    let n = vpetl_tools::write_tensors(&args.output, out)?;
+    eprintln!("wrote {n} tensors to {}", args.output.display());
     Ok(())
 }
 
