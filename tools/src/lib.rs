@@ -26,3 +26,13 @@ pub fn write_tensors(path: &std::path::Path, named: Vec<(String, tch::Tensor)>) 
     tch::Tensor::write_safetensors(&named, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(named.len())
 }
+
+/// `main` of the tools that log to the console only: start-up, console logging at info, then the
+/// tool; an error is printed as [`exit_with`] does. (`train` sets up its own file log instead.)
+pub fn run_with_console_log<A: clap::Parser>(run: impl FnOnce(A) -> anyhow::Result<()>) {
+    init();
+    vpetl_core::logging::init_console("info");
+    if let Err(e) = run(A::parse()) {
+        exit_with(e);
+    }
+}

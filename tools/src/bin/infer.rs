@@ -64,9 +64,5 @@ fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn main() {
-    vpetl_tools::init();
-    vpetl_core::logging::init_console("info");
-    if let Err(e) = run(Args::parse()) {
-        vpetl_tools::exit_with(e);
-    }
+    vpetl_tools::run_with_console_log(run);
 }

@@ -13,18 +13,14 @@ struct Args {
     cfg_options: Vec<String>,
 }
 
+fn run(args: Args) -> anyhow::Result<()> {
+    let node = vpetl_core::config::load(&args.config, &args.cfg_options)?;
+    let metrics = vpetl_core::engine::runner::test(&node, &args.checkpoint)?;
+    let obj: serde_json::Map<String, serde_json::Value> = metrics.into_iter().map(|(k, v)| (k, serde_json::json!(v))).collect();
+    println!("{}", serde_json::Value::Object(obj));
+    Ok(())
+}
+
 fn main() {
-    vpetl_tools::init();
-    vpetl_core::logging::init_console("info");
-    let args = Args::parse();
-    let run = || -> anyhow::Result<()> {
-        let node = vpetl_core::config::load(&args.config, &args.cfg_options)?;
-        let metrics = vpetl_core::engine::runner::test(&node, &args.checkpoint)?;
-        let obj: serde_json::Map<String, serde_json::Value> = metrics.into_iter().map(|(k, v)| (k, serde_json::json!(v))).collect();
-        println!("{}", serde_json::Value::Object(obj));
-        Ok(())
-    };
-    if let Err(e) = run() {
-        vpetl_tools::exit_with(e);
-    }
+    vpetl_tools::run_with_console_log(run);
 }
