@@ -12,7 +12,7 @@ use serde::Deserialize;
 use vpetl_core::data::{Dataset, DatasetSpec, Sample};
 use vpetl_core::registry::Component;
 
-use crate::transforms::{to_tensor, Normalize, TransformSpec};
+use crate::transforms::{Normalize, Pipeline, TransformSpec};
 
 #[derive(Debug, Deserialize)]
 pub struct IdxSpec {
@@ -36,8 +36,7 @@ struct Idx {
     pixels: Vec<u8>,
     labels: Vec<u8>,
     num_classes: i64,
-    pipeline: Vec<Component<dyn TransformSpec>>,
-    normalize: Normalize,
+    pipeline: Pipeline,
 }
 
 fn read_maybe_gz(path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -73,7 +72,7 @@ impl DatasetSpec for IdxSpec {
         let keep = self.limit.unwrap_or(n).min(n);
         let labels = lab[8..8 + keep].to_vec();
         let num_classes = labels.iter().copied().max().map_or(0, |m| m as i64 + 1);
-        let pipeline = self.pipeline.iter().map(|c| Component::from_node(&c.node, &c.path)).collect::<Result<_, _>>()?;
+        let pipeline = Pipeline::new(&self.pipeline, self.normalize)?;
         Ok(Box::new(Idx {
             name: self.images.display().to_string(),
             rows,
@@ -82,7 +81,6 @@ impl DatasetSpec for IdxSpec {
             labels,
             num_classes,
             pipeline,
-            normalize: self.normalize,
         }))
     }
 }
@@ -101,8 +99,7 @@ impl Dataset for Idx {
         let gray = GrayImage::from_raw(self.cols as u32, self.rows as u32, self.pixels[index * size..(index + 1) * size].to_vec())
             .context("IDX image size")?;
         let img: RgbImage = image::DynamicImage::ImageLuma8(gray).to_rgb8();
-        let img = self.pipeline.iter().fold(img, |img, t| t.spec.apply(img, rng));
-        Ok(Sample { image: to_tensor(&img, self.normalize), label: self.labels[index] as i64 })
+        Ok(Sample { image: self.pipeline.apply(img, rng), label: self.labels[index] as i64 })
     }
 
     fn describe(&self) -> String {

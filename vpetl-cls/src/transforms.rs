@@ -172,3 +172,22 @@ pub fn to_tensor(img: &RgbImage, norm: Normalize) -> Tensor {
     let std = Tensor::from_slice(&std).to_kind(Kind::Float).view([3, 1, 1]);
     (t - mean) / std
 }
+
+/// A dataset's transforms and normalisation, from an image to its tensor.
+pub struct Pipeline {
+    steps: Vec<vpetl_core::registry::Component<dyn TransformSpec>>,
+    normalize: Normalize,
+}
+
+impl Pipeline {
+    /// Builds the pipeline a dataset config names (its own copy of the configured steps).
+    pub fn new(steps: &[vpetl_core::registry::Component<dyn TransformSpec>], normalize: Normalize) -> anyhow::Result<Self> {
+        let steps = steps.iter().map(|c| vpetl_core::registry::Component::from_node(&c.node, &c.path)).collect::<Result<_, _>>()?;
+        Ok(Pipeline { steps, normalize })
+    }
+
+    pub fn apply(&self, img: RgbImage, rng: &mut ChaCha8Rng) -> Tensor {
+        let img = self.steps.iter().fold(img, |img, t| t.spec.apply(img, rng));
+        to_tensor(&img, self.normalize)
+    }
+}

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use vpetl_core::data::{Dataset, DatasetSpec, Sample};
 use vpetl_core::registry::Component;
 
-use crate::transforms::{to_tensor, Normalize, TransformSpec};
+use crate::transforms::{Normalize, Pipeline, TransformSpec};
 
 /// The 19 VTAB-1k tasks and their class counts (folder names of the common export).
 pub const VTAB_TASKS: [(&str, i64); 19] = [
@@ -97,8 +97,7 @@ pub struct Vtab1k {
     list: PathBuf,
     items: Vec<Item>,
     num_classes: i64,
-    pipeline: Vec<Component<dyn TransformSpec>>,
-    normalize: Normalize,
+    pipeline: Pipeline,
 }
 
 impl DatasetSpec for Vtab1kSpec {
@@ -155,8 +154,8 @@ impl DatasetSpec for Vtab1kSpec {
             bail!("{}: no images listed", list.display());
         }
         let name = format!("VTAB-1k {}/{}", self.task, self.split.file().trim_end_matches(".txt"));
-        let pipeline = self.pipeline.iter().map(|c| Component::from_node(&c.node, &c.path)).collect::<Result<_, _>>()?;
-        Ok(Box::new(Vtab1k { name, list, items, num_classes, pipeline, normalize: self.normalize }))
+        let pipeline = Pipeline::new(&self.pipeline, self.normalize)?;
+        Ok(Box::new(Vtab1k { name, list, items, num_classes, pipeline }))
     }
 }
 
@@ -187,8 +186,7 @@ impl Dataset for Vtab1k {
         let img = image::open(&item.path)
             .with_context(|| format!("{}:{}: cannot decode image {}", self.list.display(), item.line, item.path.display()))?
             .to_rgb8();
-        let img = self.pipeline.iter().fold(img, |img, t| t.spec.apply(img, rng));
-        Ok(Sample { image: to_tensor(&img, self.normalize), label: item.label })
+        Ok(Sample { image: self.pipeline.apply(img, rng), label: item.label })
     }
 
     fn describe(&self) -> String {
