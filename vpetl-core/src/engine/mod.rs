@@ -3,7 +3,9 @@
 
 pub mod checkpoint;
 pub mod evaluator;
+pub mod hooks;
 pub mod optim;
 pub mod results;
 pub mod runner;
 pub mod schedule;
+pub mod state;
