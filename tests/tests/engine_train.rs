@@ -141,7 +141,7 @@ fn a_non_finite_loss_stops_the_run_naming_the_step() {
     assert!(err.contains("The last good checkpoint is"), "{err}");
 }
 
-/// The tiny config as an iteration loop (4 batches per epoch; stops mid-epoch 3).
+/// The tiny config as an iteration loop (3 batches per epoch, so iteration 5 is mid-epoch).
 fn iteration_loop(cfg: &Path) -> vpetl_core::config::Node {
     load_config(
         cfg,
@@ -165,7 +165,7 @@ fn an_iteration_loop_resumed_mid_epoch_equals_the_uninterrupted_one() {
     for (k, t) in &x.params {
         assert!(t.equal(&y.params[k]), "`{k}` differs after resuming mid-epoch");
     }
-    assert_eq!((x.meta.iter, x.meta.epoch), (10, 2));
+    assert_eq!((x.meta.iter, x.meta.epoch), (10, 3));
     assert_eq!(full.metric, resumed.metric);
     // Evaluations at iterations 4, 8 and 10 (the end).
     let scalars = std::fs::read_dir(&a).unwrap().filter_map(|e| e.ok()).find(|e| e.path().join("vis_data").is_dir()).unwrap().path();
@@ -244,11 +244,11 @@ fn hooks_are_registered_components_and_default_slots_can_be_disabled() {
         calls,
         [
             "t before_run e0 i0",
-            "t after_train_epoch e1 i4",
-            "t after_val e1 i4",
-            "t after_train_epoch e2 i8",
-            "t after_val e2 i8",
-            "t after_run e2 i8"
+            "t after_train_epoch e1 i3",
+            "t after_val e1 i3",
+            "t after_train_epoch e2 i6",
+            "t after_val e2 i6",
+            "t after_run e2 i6"
         ]
     );
     // The checkpoint slot is off: no training checkpoints, only the method file and results.
