@@ -20,6 +20,7 @@ pub mod linear_probe;
 pub mod ln_tune;
 pub mod lora;
 pub mod lorand;
+pub mod lst;
 pub mod mona;
 pub mod partial;
 pub mod prefix_tuning;
