@@ -16,6 +16,7 @@ pub mod e3va;
 pub mod fact;
 pub mod full_finetune;
 pub mod hydra;
+pub mod last;
 pub mod linear_probe;
 pub mod ln_tune;
 pub mod lora;
