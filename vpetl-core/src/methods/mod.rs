@@ -27,6 +27,7 @@ pub mod partial;
 pub mod prefix_tuning;
 pub mod repadapter;
 pub mod side;
+pub mod snf;
 pub mod ssf;
 pub mod u_tuning;
 pub mod vpt;
