@@ -35,7 +35,7 @@ pub fn write_tiny_vtab(root: &Path, task: &str, classes: u32, n_per_class: u32) 
         for i in 0..n_per_class {
             let rel = format!("images/{c}_{i}.png");
             let img = image::RgbImage::from_fn(32, 32, |x, y| {
-                let band = (x / (32 / classes.max(1))) == c;
+                let band = (x / (32 / classes.max(1)).max(1)) == c;
                 let v = if band { 200 } else { ((x * 7 + y * 13 + i * 31) % 40) as u8 as u32 };
                 image::Rgb([v as u8, (v / 2) as u8, (255 - v) as u8])
             });

@@ -37,8 +37,7 @@ pub const FGVC_DATASETS: [(&str, i64, &str); 5] = [
     ("StanfordCars", 196, ""),
 ];
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum FgvcSplit {
     Train,
     Val,
@@ -53,22 +52,35 @@ impl FgvcSplit {
             FgvcSplit::Test => "test.json",
         }
     }
+
+    fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "train" => Ok(FgvcSplit::Train),
+            "val" => Ok(FgvcSplit::Val),
+            "test" => Ok(FgvcSplit::Test),
+            _ => Err(format!("unknown FGVC split `{s}` (expected train, val, test, or a list such as [train, val])")),
+        }
+    }
 }
 
 /// `split: train` or `split: [train, val]`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(untagged)]
-pub enum Splits {
-    One(FgvcSplit),
-    Many(Vec<FgvcSplit>),
-}
+#[derive(Clone, Debug)]
+pub struct Splits(pub Vec<FgvcSplit>);
 
-impl Splits {
-    fn list(&self) -> Vec<FgvcSplit> {
-        match self {
-            Splits::One(s) => vec![*s],
-            Splits::Many(v) => v.clone(),
+impl<'de> Deserialize<'de> for Splits {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Many(Vec<String>),
         }
+        let raw = Raw::deserialize(d).map_err(|_| serde::de::Error::custom("expected a split name (train, val, test) or a list of them"))?;
+        let names = match raw {
+            Raw::One(s) => vec![s],
+            Raw::Many(v) => v,
+        };
+        names.iter().map(|s| FgvcSplit::parse(s)).collect::<Result<_, _>>().map(Splits).map_err(serde::de::Error::custom)
     }
 }
 
@@ -121,7 +133,7 @@ impl DatasetSpec for FgvcSpec {
             (None, Some((_, _, d))) => self.root.join(d),
             (None, None) => self.root.clone(),
         };
-        let mut splits = self.split.list();
+        let mut splits = self.split.0.clone();
         if splits.is_empty() {
             bail!("FGVC: split is an empty list; give one of train, val, test or a list of them");
         }
@@ -139,11 +151,10 @@ impl DatasetSpec for FgvcSpec {
             let first_out = *ids.iter().nth(k as usize).unwrap();
             let e = entries.iter().find(|e| e.id == first_out).unwrap();
             bail!(
-                "{}: key {:?}: class id {} is the {}th distinct id, outside the {k} classes of {} ({} distinct ids in {})",
+                "{}: key {:?}: class id {} would become label {k}, outside 0..{k} of {} ({} distinct ids in {})",
                 files[e.file].display(),
                 e.rel,
                 e.id,
-                k + 1,
                 self.dataset,
                 ids.len(),
                 named()
