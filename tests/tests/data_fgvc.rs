@@ -97,7 +97,7 @@ fn named_datasets_have_their_class_count() {
     assert!(err.starts_with("FGVC: `birds` is not one of the FGVC datasets (CUB_200_2011, nabirds,"), "{err}");
     let bad_split = format!("train_dataloader:\n  dataset: {{type: FGVC, root: '{}', dataset: toy, split: trainval}}\n", tmp.path().display());
     let err = RunConfig::from_node(&parse_yaml(&bad_split, &Origin::new("t")).unwrap()).err().unwrap().to_string();
-    assert!(err.contains("train_dataloader.dataset.split") && err.contains("unknown FGVC split `trainval` (expected train, val, test"), "{err}");
+    assert!(err.contains("train_dataloader.dataset: split: unknown FGVC split `trainval` (expected train, val, test"), "{err}");
 }
 
 #[test]

@@ -58,7 +58,7 @@ impl FgvcSplit {
             "train" => Ok(FgvcSplit::Train),
             "val" => Ok(FgvcSplit::Val),
             "test" => Ok(FgvcSplit::Test),
-            _ => Err(format!("unknown FGVC split `{s}` (expected train, val, test, or a list such as [train, val])")),
+            _ => Err(format!("split: unknown FGVC split `{s}` (expected train, val, test, or a list such as [train, val])")),
         }
     }
 }
@@ -75,7 +75,7 @@ impl<'de> Deserialize<'de> for Splits {
             One(String),
             Many(Vec<String>),
         }
-        let raw = Raw::deserialize(d).map_err(|_| serde::de::Error::custom("expected a split name (train, val, test) or a list of them"))?;
+        let raw = Raw::deserialize(d).map_err(|_| serde::de::Error::custom("split: expected a split name (train, val, test) or a list of them"))?;
         let names = match raw {
             Raw::One(s) => vec![s],
             Raw::Many(v) => v,

@@ -105,13 +105,13 @@ impl std::str::FromStr for RandAugmentConfig {
     fn from_str(s: &str) -> Result<Self, String> {
         let mut parts = s.split('-');
         if parts.next() != Some("rand") {
-            return Err(format!("RandAugment config {s:?} must start with `rand-` (timm's format, e.g. rand-m9-mstd0.5-inc1)"));
+            return Err(format!("RandAugment config_str {s:?} must start with `rand-` (timm's format, e.g. rand-m9-mstd0.5-inc1)"));
         }
         let mut cfg = RandAugmentConfig { magnitude: 10.0, num_layers: 2, prob: 0.5, magnitude_std: 0.0, magnitude_max: LEVEL_DENOM, increasing: false };
         for sec in parts {
             let split = sec.find(|c: char| c.is_ascii_digit()).unwrap_or(sec.len());
             let (key, val) = sec.split_at(split);
-            let bad = |what: &str| format!("RandAugment config {s:?}: section {sec:?}: {what}");
+            let bad = |what: &str| format!("RandAugment config_str {s:?}: section {sec:?}: {what}");
             let int = || val.parse::<i64>().map_err(|_| bad("expected an integer after the key"));
             let float = || val.parse::<f64>().map_err(|_| bad("expected a number after the key"));
             match key {
