@@ -23,6 +23,8 @@ const EXPECTED: &[(Kind, &str)] = &[
     (Kind::Model, "cls.ImageClassifier"),
     (Kind::Dataset, "cls.VTAB1k"),
     (Kind::Dataset, "cls.MNISTIdx"),
+    (Kind::Dataset, "cls.FGVC"),
+    (Kind::Transform, "cls.RandAugment"),
     (Kind::Transform, "cls.Resize"),
     (Kind::Transform, "cls.CenterCrop"),
     (Kind::Transform, "cls.RandomCrop"),

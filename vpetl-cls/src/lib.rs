@@ -3,8 +3,13 @@
 
 pub mod accuracy;
 pub mod classifier;
+pub mod fgvc;
 pub mod head;
 pub mod idx;
+pub mod image_list;
+pub mod pil_ops;
+pub mod randaugment;
+pub mod resample;
 pub mod transforms;
 pub mod vtab;
 

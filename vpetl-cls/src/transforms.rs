@@ -1,13 +1,14 @@
 //! Image transforms (registered kind `transform`), applied in order to decoded RGB images, and the
 //! final conversion to a normalised `(3, H, W)` tensor.
 
-use image::imageops::FilterType;
 use image::RgbImage;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 use tch::{Kind, Tensor};
 use vpetl_core::registry::{Kind as RegKind, KindOf};
+
+use crate::resample::{resize, Filter};
 
 pub trait TransformSpec: std::fmt::Debug + Send + Sync {
     fn apply(&self, img: RgbImage, rng: &mut ChaCha8Rng) -> RgbImage;
@@ -27,18 +28,17 @@ pub enum Interpolation {
 }
 
 impl Interpolation {
-    fn filter(self) -> FilterType {
+    pub fn filter(self) -> Filter {
         match self {
-            // The image crate's triangle and Catmull-Rom filters widen their support when
-            // downscaling, as PIL's antialiased resize does.
-            Interpolation::Bilinear => FilterType::Triangle,
-            Interpolation::Bicubic => FilterType::CatmullRom,
-            Interpolation::Nearest => FilterType::Nearest,
+            Interpolation::Bilinear => Filter::Bilinear,
+            Interpolation::Bicubic => Filter::Bicubic,
+            Interpolation::Nearest => Filter::Nearest,
         }
     }
 }
 
-/// Resize to `[height, width]`, or the shorter side to `size` keeping the aspect ratio.
+/// Resize to `[height, width]`, or the shorter side to `size` keeping the aspect ratio (torchvision:
+/// the longer side becomes `int(size * long / short)`, truncated), with PIL's resampling.
 #[derive(Clone, Debug, Deserialize)]
 pub struct ResizeSpec {
     pub size: Size,
@@ -60,13 +60,13 @@ impl TransformSpec for ResizeSpec {
         let (w, h) = img.dimensions();
         let (nw, nh) = match self.size {
             Size::Exact([th, tw]) => (tw, th),
-            Size::Shorter(s) if w <= h => (s, ((h as f64) * s as f64 / w as f64).round() as u32),
-            Size::Shorter(s) => (((w as f64) * s as f64 / h as f64).round() as u32, s),
+            Size::Shorter(s) if w <= h => (s, (s as u64 * h as u64 / w as u64) as u32),
+            Size::Shorter(s) => ((s as u64 * w as u64 / h as u64) as u32, s),
         };
         if (nw, nh) == (w, h) {
             return img;
         }
-        image::imageops::resize(&img, nw.max(1), nh.max(1), self.interpolation.filter())
+        resize(&img, nw.max(1), nh.max(1), self.interpolation.filter())
     }
 }
 

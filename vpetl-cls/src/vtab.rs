@@ -9,11 +9,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
-use vpetl_core::data::{Dataset, DatasetSpec, Sample};
+use vpetl_core::data::{Dataset, DatasetSpec};
 use vpetl_core::registry::Component;
 
+use crate::image_list::{ImageItem, ImageList};
 use crate::transforms::{Normalize, Pipeline, TransformSpec};
 
 /// The 19 VTAB-1k tasks and their class counts (folder names of the common export).
@@ -86,20 +86,6 @@ pub struct Vtab1kSpec {
 
 vpetl_core::register!(Dataset, "cls", "VTAB1k", Vtab1kSpec as dyn DatasetSpec, "VTAB-1k image-folder export (19 tasks; train800/val200/train800val200/test)");
 
-struct Item {
-    path: PathBuf,
-    label: i64,
-    line: usize,
-}
-
-pub struct Vtab1k {
-    name: String,
-    list: PathBuf,
-    items: Vec<Item>,
-    num_classes: i64,
-    pipeline: Pipeline,
-}
-
 impl DatasetSpec for Vtab1kSpec {
     fn build(&self) -> anyhow::Result<Box<dyn Dataset>> {
         let known = VTAB_TASKS.iter().find(|(t, _)| *t == self.task || aliases(&self.task).contains(t)).map(|(_, n)| *n);
@@ -117,7 +103,6 @@ impl DatasetSpec for Vtab1kSpec {
         let list = folder.join(self.split.file());
         let text = std::fs::read_to_string(&list).with_context(|| format!("cannot read the split list {}", list.display()))?;
         let mut items = Vec::new();
-        let mut missing = Vec::new();
         for (i, raw) in text.lines().enumerate() {
             let line = i + 1;
             let raw = raw.trim();
@@ -132,30 +117,14 @@ impl DatasetSpec for Vtab1kSpec {
             if !(0..num_classes).contains(&label) {
                 bail!("{}:{line}: label {label} is outside 0..{num_classes} for task `{}`", list.display(), self.task);
             }
-            let path = folder.join(rel);
-            if !path.is_file() {
-                missing.push(format!("{}:{line}: image {} does not exist", list.display(), path.display()));
-                continue;
-            }
-            items.push(Item { path, label, line });
-        }
-        if !missing.is_empty() {
-            if !self.skip_bad {
-                bail!(
-                    "{} missing image(s) ({}{}); set skip_bad: true to leave them out",
-                    missing.len(),
-                    missing.iter().take(3).cloned().collect::<Vec<_>>().join("; "),
-                    if missing.len() > 3 { "; ..." } else { "" }
-                );
-            }
-            tracing::warn!("VTAB1k {}: {} missing image(s) left out (skip_bad), first: {}", self.task, missing.len(), missing[0]);
+            items.push(ImageItem { path: folder.join(rel), label, origin: format!("{}:{line}", list.display()) });
         }
         if items.is_empty() {
             bail!("{}: no images listed", list.display());
         }
         let name = format!("VTAB-1k {}/{}", self.task, self.split.file().trim_end_matches(".txt"));
         let pipeline = Pipeline::new(&self.pipeline, self.normalize)?;
-        Ok(Box::new(Vtab1k { name, list, items, num_classes, pipeline }))
+        Ok(Box::new(ImageList::new(name, items, num_classes, pipeline, self.skip_bad)?))
     }
 }
 
@@ -170,26 +139,4 @@ fn task_folder(root: &Path, task: &str) -> anyhow::Result<PathBuf> {
         }
     }
     bail!("VTAB1k: no folder for task `{task}` under {} (looked for {})", root.display(), names.join(", "))
-}
-
-impl Dataset for Vtab1k {
-    fn len(&self) -> usize {
-        self.items.len()
-    }
-
-    fn num_classes(&self) -> i64 {
-        self.num_classes
-    }
-
-    fn get(&self, index: usize, rng: &mut ChaCha8Rng) -> anyhow::Result<Sample> {
-        let item = &self.items[index];
-        let img = image::open(&item.path)
-            .with_context(|| format!("{}:{}: cannot decode image {}", self.list.display(), item.line, item.path.display()))?
-            .to_rgb8();
-        Ok(Sample { image: self.pipeline.apply(img, rng), label: item.label })
-    }
-
-    fn describe(&self) -> String {
-        format!("{} ({} images, {} classes)", self.name, self.items.len(), self.num_classes)
-    }
 }
