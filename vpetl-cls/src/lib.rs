@@ -5,6 +5,7 @@ pub mod accuracy;
 pub mod classifier;
 pub mod head;
 pub mod idx;
+pub mod resample;
 pub mod transforms;
 pub mod vtab;
 

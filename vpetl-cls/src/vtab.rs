@@ -185,7 +185,7 @@ impl Dataset for Vtab1k {
         let item = &self.items[index];
         let img = image::open(&item.path)
             .with_context(|| format!("{}:{}: cannot decode image {}", self.list.display(), item.line, item.path.display()))?
-            .to_rgb8();
+            .into_rgb8();
         Ok(Sample { image: self.pipeline.apply(img, rng), label: item.label })
     }
 

@@ -8,7 +8,7 @@ use vpetl_core::backbones::ForwardOpts;
 use vpetl_core::model::Model;
 
 use crate::models::{build, perturb_methods, Size};
-use crate::report::{median, time_runs, Table};
+use crate::report::{median, ms, time_runs, Table};
 
 const MERGEABLE: [(&str, &str); 6] = [
     ("LoRA (r 8, q v)", "[{type: LoRA}]"),
@@ -31,12 +31,14 @@ pub struct MergeOpts {
     pub repeats: usize,
 }
 
-fn latency(model: &dyn Model, x: &Tensor, warmup: usize, repeats: usize) -> f64 {
+/// (min, median) seconds.
+fn latency(model: &dyn Model, x: &Tensor, warmup: usize, repeats: usize) -> (f64, f64) {
     let _guard = tch::no_grad_guard();
-    median(time_runs(warmup, repeats, || {
+    let times = time_runs(warmup, repeats, || {
         let out = model.forward(x, ForwardOpts { train: false, collect_blocks: false });
         let _ = out.logits.sum(Kind::Float).double_value(&[]);
-    }))
+    });
+    (times.iter().copied().fold(f64::INFINITY, f64::min), median(times))
 }
 
 pub fn run(o: &MergeOpts, threads: usize) -> anyhow::Result<Table> {
@@ -46,7 +48,7 @@ pub fn run(o: &MergeOpts, threads: usize) -> anyhow::Result<Table> {
             "fp32, no gradients, {threads} intra-op threads; median of {} forward passes after {} warm-up passes; ratio = merged / unmerged (lower is better).",
             o.repeats, o.warmup
         ),
-        &["method", "unmerged (ms)", "merged (ms)", "ratio", "max |Δ logits|"],
+        &["method", "unmerged ms: median (min)", "merged ms: median (min)", "ratio of medians", "max |Δ logits|"],
     );
     let x = Tensor::randn([o.batch, 3, o.size.img_size(), o.size.img_size()], (Kind::Float, Device::Cpu));
     for (label, yaml) in MERGEABLE {
@@ -69,9 +71,9 @@ pub fn run(o: &MergeOpts, threads: usize) -> anyhow::Result<Table> {
             (with.forward(&x, opts).logits - plain.forward(&x, opts).logits).abs().max().double_value(&[])
         });
         anyhow::ensure!(diff <= 1e-3, "{label}: merged and unmerged logits differ by {diff:e}");
-        let a = latency(with.as_ref(), &x, o.warmup, o.repeats);
-        let b = latency(plain.as_ref(), &x, o.warmup, o.repeats);
-        table.row(vec![label.into(), format!("{:.2}", a * 1e3), format!("{:.2}", b * 1e3), format!("{:.3}", b / a), format!("{diff:.1e}")]);
+        let (a_min, a) = latency(with.as_ref(), &x, o.warmup, o.repeats);
+        let (b_min, b) = latency(plain.as_ref(), &x, o.warmup, o.repeats);
+        table.row(vec![label.into(), ms(a, a_min), ms(b, b_min), format!("{:.3}", b / a), format!("{diff:.1e}")]);
     }
     Ok(table)
 }

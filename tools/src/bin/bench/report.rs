@@ -13,6 +13,17 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The fastest of the timings in a child's answer (`times_s`), shown beside the median: on a shared
+/// machine it is the figure least disturbed by other load.
+pub fn min_time(v: &serde_json::Value) -> f64 {
+    v["times_s"].as_array().into_iter().flatten().filter_map(|t| t.as_f64()).fold(f64::INFINITY, f64::min)
+}
+
+/// `median (min)` in milliseconds.
+pub fn ms(median_s: f64, min_s: f64) -> String {
+    format!("{:.1} ({:.1})", median_s * 1e3, min_s * 1e3)
+}
+
 /// Runs `f` `warmup + repeats` times and returns the timings of the last `repeats` (seconds).
 pub fn time_runs(warmup: usize, repeats: usize, mut f: impl FnMut()) -> Vec<f64> {
     let mut times = Vec::with_capacity(repeats);
