@@ -48,7 +48,7 @@ pub fn run(o: &MergeOpts, threads: usize) -> anyhow::Result<Table> {
             "fp32, no gradients, {threads} intra-op threads; median of {} forward passes after {} warm-up passes; ratio = merged / unmerged (lower is better).",
             o.repeats, o.warmup
         ),
-        &["method", "unmerged ms: median (min)", "merged ms: median (min)", "ratio of medians", "max |Δ logits|"],
+        &["method", "unmerged ms: median (min)", "merged ms: median (min)", "ratio of medians", "max abs Δ logits"],
     );
     let x = Tensor::randn([o.batch, 3, o.size.img_size(), o.size.img_size()], (Kind::Float, Device::Cpu));
     for (label, yaml) in MERGEABLE {

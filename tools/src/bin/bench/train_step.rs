@@ -187,7 +187,7 @@ pub fn run(s: &StepOpts, threads: usize) -> anyhow::Result<Table> {
         (Dev::Cuda, true) => "autocast (ours fp16: tch's autocast type; reference bf16)",
         _ => "fp32",
     };
-    let mut header = vec!["method", "trainable (ours = ref)", "max |Δ logits|", "vpetl ms: median (min)", "reference ms: median (min)", "ratio of medians"];
+    let mut header = vec!["method", "trainable (ours = ref)", "max abs Δ logits", "vpetl ms: median (min)", "reference ms: median (min)", "ratio of medians"];
     if s.device == Dev::Cuda {
         header.extend(["vpetl peak (MiB)", "reference peak (MiB)", "memory ratio"]);
     }
