@@ -65,7 +65,7 @@ impl Dataset for ImageList {
 
     fn get(&self, index: usize, rng: &mut ChaCha8Rng) -> anyhow::Result<Sample> {
         let item = &self.items[index];
-        let img = image::open(&item.path).with_context(|| format!("{}: cannot decode image {}", item.origin, item.path.display()))?.to_rgb8();
+        let img = image::open(&item.path).with_context(|| format!("{}: cannot decode image {}", item.origin, item.path.display()))?.into_rgb8();
         Ok(Sample { image: self.pipeline.apply(img, rng), label: item.label })
     }
 
