@@ -79,7 +79,7 @@ pub fn load_weights(vs: &nn::VarStore, model: &dyn Model, path: &Path, allow_sha
                 Ok(())
             })?;
             tracing::info!("loaded {} tensors from checkpoint {}", ck.params.len(), path.display());
-            return Ok(());
+            return super::prepare::apply(model, &ck.prepared, path);
         }
     }
     let spec = PretrainedSpec {
@@ -87,12 +87,15 @@ pub fn load_weights(vs: &nn::VarStore, model: &dyn Model, path: &Path, allow_sha
         layout: Default::default(),
         strip_prefix: vec![],
         rename: vec![],
-        skip: vec![],
+        skip: vec![format!("{}.*", regex::escape(checkpoint::PREPARED))],
         allow_shape_mismatch: allow_shape_mismatch.to_vec(),
         strict: false,
     };
     let report = load_pretrained(vs, &spec, model.backbone())?;
     tracing::info!("{}", report.to_string().trim_end());
+    if path.extension().is_some_and(|e| e == "safetensors") {
+        super::prepare::apply(model, &checkpoint::read_prepared(path)?, path)?;
+    }
     Ok(())
 }
 
@@ -194,9 +197,13 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
             Ok(())
         })?;
         optimizer.load_state(&ck.optim, ck.meta.optimizer_steps)?;
+        super::prepare::apply(model.as_ref(), &ck.prepared, &path)?;
         meta = Meta { config_hash: hash.clone(), ..ck.meta };
         tracing::info!("resumed from {} after epoch {}", path.display(), meta.epoch);
     }
+
+    super::prepare::run_missing(model.as_ref(), &vs, &super::prepare::LoaderData::new(&train_loader, model.as_ref(), device, "prepare"))?;
+    let prepared = super::prepare::results(model.as_ref())?;
 
     let mut scalars = ScalarLog::open(&dirs.scalars_file)?;
     let accum = optim_cfg.accumulative_counts.max(1);
@@ -301,10 +308,10 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
             let params: Vec<(String, Tensor)> = trainable.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
             let (state, _) = optimizer.state();
             let path = checkpoint::epoch_path(&work_dir, meta.epoch);
-            checkpoint::save(&path, &params, &state, &meta)?;
+            checkpoint::save(&path, &params, &state, &prepared, &meta)?;
             checkpoint::set_last(&work_dir, &path)?;
             if improved && ck_cfg.save_best {
-                checkpoint::save(&work_dir.join("best.safetensors"), &params, &state, &meta)?;
+                checkpoint::save(&work_dir.join("best.safetensors"), &params, &state, &prepared, &meta)?;
             }
             if ck_cfg.max_keep_ckpts > 0 {
                 checkpoint::prune(&work_dir, ck_cfg.max_keep_ckpts, &path)?;
@@ -354,7 +361,7 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
         serde_json::to_string(&n.to_yaml_value()).unwrap_or_else(|_| "[]".into())
     });
     let trained: Vec<(String, Tensor)> = trainable.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
-    checkpoint::save_method_only(&work_dir.join("method.safetensors"), &trained, &methods_json)?;
+    checkpoint::save_method_only(&work_dir.join("method.safetensors"), &trained, &prepared, &methods_json)?;
     tracing::info!(
         "done: {} {:.2} (best {:.2}), {} trainable parameters (method {}), PPT {:.4}",
         results.metric.name,
@@ -388,6 +395,7 @@ pub fn test(node: &Node, checkpoint_path: &Path) -> anyhow::Result<Vec<(String, 
     let device = crate::runtime::default_device();
     let (vs, model) = build_model(&cfg, device)?;
     load_weights(&vs, model.as_ref(), checkpoint_path, &[])?;
+    super::prepare::ensure_ready(model.as_ref(), checkpoint_path)?;
     let spec = cfg
         .test_dataloader
         .as_ref()
