@@ -56,6 +56,9 @@ class Params:
     def __init__(self, weights, prefix):
         self.prefix = prefix
         self.p = {k: nn.Parameter(v.clone()) for k, v in weights.items() if k.startswith(prefix)}
+        # Prepare-step results (selected channels, masks), by the same names: `.blocks.0.mid.channels`.
+        pre = "prepared." + prefix
+        self.prepared = {k[len(pre):]: v for k, v in weights.items() if k.startswith(pre)}
 
     def __getitem__(self, name):
         return self.p[self.prefix + name]

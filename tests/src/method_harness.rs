@@ -7,6 +7,10 @@
 //! 4. merge: merged and unmerged models agree (max |Δ| ≤ 1e-5);
 //! 5. parity with an independent plain-PyTorch re-implementation (`tests/python/petl_reference.py`)
 //!    given the same weights: outputs and gradients agree (≤ 1e-5).
+//!
+//! Methods with a prepare step (SCT, GPS, NOAH's search) are prepared on [`synthetic_data`] right
+//! after they are built, so every check sees the model that would train; the reference receives
+//! the prepare result (`prepared.methods.<name>.<key>` in weights.safetensors).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -54,7 +58,49 @@ fn build_unlocked(backbone: &str, methods: &str) -> Built {
     let cfg = RunConfig::from_node(&node).unwrap_or_else(|e| panic!("{e}"));
     let vs = nn::VarStore::new(Device::Cpu);
     let model = cfg.model.unwrap().spec.build(&vs).unwrap_or_else(|e| panic!("{e:#}"));
+    if !model.prepare_steps().is_empty() {
+        let data = SyntheticData::new(model.as_ref(), 0);
+        vpetl_core::engine::prepare::run_missing(model.as_ref(), &vs, &data).unwrap_or_else(|e| panic!("{e:#}"));
+    }
     Built { vs, model }
+}
+
+/// A fixed training set for prepare steps: 3 batches of 4 random 32 px images drawn after
+/// re-seeding libtorch's generator with `seed`, labels cycling through the classes.
+pub struct SyntheticData<'a> {
+    model: &'a dyn Model,
+    pub images: Vec<Tensor>,
+    pub labels: Vec<Tensor>,
+}
+
+impl<'a> SyntheticData<'a> {
+    pub fn new(model: &'a dyn Model, seed: i64) -> Self {
+        tch::manual_seed(seed);
+        let g = Tensor::randn([12, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let labels = Tensor::arange(12, (Kind::Int64, Device::Cpu)).remainder(NUM_CLASSES);
+        SyntheticData { model, images: g.chunk(3, 0), labels: labels.chunk(3, 0) }
+    }
+}
+
+impl vpetl_core::methods::PrepareData for SyntheticData<'_> {
+    fn batches(&self, _pass: u64) -> Box<dyn Iterator<Item = anyhow::Result<(Tensor, Tensor)>> + '_> {
+        Box::new(self.images.iter().zip(&self.labels).map(|(x, y)| Ok((x.shallow_clone(), y.shallow_clone()))))
+    }
+    fn len(&self) -> usize {
+        self.images.len()
+    }
+    fn num_classes(&self) -> i64 {
+        NUM_CLASSES
+    }
+    fn forward(&self, images: &Tensor, train: bool) -> vpetl_core::model::ModelOutput {
+        self.model.forward(images, ForwardOpts { train, collect_blocks: false })
+    }
+    fn progress(&self, _: u64, _: u64) {}
+}
+
+/// Every prepare result of a built model, named `methods.<name>.<key>`.
+pub fn prepared(b: &Built) -> Vec<(String, Tensor)> {
+    vpetl_core::engine::prepare::results(b.model.as_ref()).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 pub fn input() -> Tensor {
@@ -178,7 +224,8 @@ pub fn assert_matches_pytorch_reference(backbone_json: &str, backbone: &str, met
     randomize_methods(&b.vs);
     let dir = tempfile::tempdir().unwrap();
     let x = input();
-    let named: Vec<(String, Tensor)> = b.vs.variables().into_iter().map(|(k, v)| (k, v.detach().contiguous())).collect();
+    let mut named: Vec<(String, Tensor)> = b.vs.variables().into_iter().map(|(k, v)| (k, v.detach().contiguous())).collect();
+    named.extend(prepared(&b).into_iter().map(|(k, t)| (format!("prepared.{k}"), t.contiguous())));
     Tensor::write_safetensors(&named, dir.path().join("weights.safetensors")).unwrap();
     Tensor::write_safetensors(&[("input", &x)], dir.path().join("input.safetensors")).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/petl_reference.py");

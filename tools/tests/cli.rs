@@ -92,4 +92,6 @@ fn params_table_matches_every_reproducible_cell() {
     // The cells that follow exactly from the definitions (paper_tables.md), e.g. LoRA and Swin-B Partial-1.
     assert!(out.contains("| LoRA | ViT-B/16 | 0.29M | 294,912 | 294,912 | yes |"), "{out}");
     assert!(out.contains("| Partial-1 | Swin-B | 12.60M | 12,601,632 | 12,601,632 | yes |"), "{out}");
+    assert!(out.contains("| SCT | ViT-B/16 | 0.11M | 111,744 | 111,744 | yes |"), "{out}");
+    assert!(out.contains("| NOAH | ViT-B/16 | 0.43M | 320,330 | 320,330 | definition only |"), "{out}");
 }

@@ -201,7 +201,7 @@ fn merged_lora_exports_load_in_timm_with_the_same_outputs() {
         }
     });
     let meta = vpetl_core::engine::checkpoint::Meta::default();
-    vpetl_core::engine::checkpoint::save(&dir.path().join("trained.safetensors"), &trainable, &[], &meta).unwrap();
+    vpetl_core::engine::checkpoint::save(&dir.path().join("trained.safetensors"), &trainable, &[], &[], &meta).unwrap();
     let x = Tensor::read_safetensors(dir.path().join("input.safetensors")).unwrap().remove(0).1;
     let ours = tch::no_grad(|| model.forward(&x, vpetl_core::backbones::ForwardOpts::default()).logits);
     let out = Command::new(env!("CARGO_BIN_EXE_merge"))

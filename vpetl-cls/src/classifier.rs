@@ -12,7 +12,7 @@ use vpetl_core::backbones::sites::Hooks;
 use vpetl_core::backbones::{Backbone, BackboneSpec, ForwardOpts};
 use vpetl_core::checkpoint::load::{load_pretrained, PretrainedSpec};
 use vpetl_core::methods::trainability::{self, ParamCounts};
-use vpetl_core::methods::{AttachCtx, Merge, MethodSpec};
+use vpetl_core::methods::{AttachCtx, Merge, MethodSpec, Prepare};
 use vpetl_core::model::{Head, HeadSpec, Model, ModelOutput, ModelSpec};
 use vpetl_core::registry::Component;
 
@@ -36,6 +36,8 @@ pub struct ImageClassifier {
     head: Box<dyn Head>,
     counts: ParamCounts,
     merges: Vec<(String, Option<Box<dyn Merge>>)>,
+    /// Prepare steps by namespace (`methods.sct`).
+    prepares: Vec<(String, Box<dyn Prepare>)>,
 }
 
 impl ModelSpec for ImageClassifierSpec {
@@ -54,6 +56,7 @@ impl ModelSpec for ImageClassifierSpec {
         let mut hooks = Hooks::new(backbone.sites());
         let mut trainable_backbone = Vec::new();
         let mut merges = Vec::new();
+        let mut prepares = Vec::new();
         let names = method_names(&self.methods);
         for (method, name) in self.methods.iter().zip(&names) {
             let mut ctx = AttachCtx {
@@ -71,10 +74,13 @@ impl ModelSpec for ImageClassifierSpec {
             }
             trainable_backbone.extend(attached.trainable_backbone);
             merges.push((name.clone(), attached.merge));
+            if let Some(p) = attached.prepare {
+                prepares.push((format!("methods.{name}"), p));
+            }
         }
         let counts = trainability::apply(vs, &trainable_backbone);
         tracing::info!("{}", counts.to_string().trim_end());
-        Ok(Box::new(ImageClassifier { backbone, hooks, head, counts, merges }))
+        Ok(Box::new(ImageClassifier { backbone, hooks, head, counts, merges, prepares }))
     }
 }
 
@@ -121,5 +127,9 @@ impl Model for ImageClassifier {
             }
         }
         Ok(weights)
+    }
+
+    fn prepare_steps(&self) -> Vec<(&str, &dyn Prepare)> {
+        self.prepares.iter().map(|(n, p)| (n.as_str(), p.as_ref())).collect()
     }
 }

@@ -34,6 +34,10 @@ pub trait Model {
     /// The backbone's weights (names without `backbone.`) with every method folded in; an error
     /// when a method cannot be merged.
     fn merged_backbone(&self, vs: &nn::VarStore) -> anyhow::Result<BTreeMap<String, Tensor>>;
+    /// The methods' prepare steps with their namespaces (`methods.sct`), in attachment order.
+    fn prepare_steps(&self) -> Vec<(&str, &dyn crate::methods::Prepare)> {
+        Vec::new()
+    }
 }
 
 /// A task head's typed config.

@@ -24,6 +24,9 @@ const VIT_B16: &str = "{type: ViT, img_size: 224, patch_size: 16, embed_dim: 768
 /// Swin-B as the dense tables count it: mmdet's backbone (stage-output norms, no final norm).
 const SWIN_B: &str = "{type: Swin, img_size: 224, embed_dim: 128, depths: [2, 2, 18, 2], num_heads: [4, 8, 16, 32], window_size: 7, window_mode: detection, out_norms: true, final_norm: false}";
 
+/// NOAH's released sub-network for VTAB-1k cifar100 (configs/_base_/methods/noah/cifar.yaml).
+const NOAH_CIFAR: &str = "[{type: NOAH, prompt: [10, 5, 10, 1, 5, 1, 10, 1, 10, 5, 1, 10], lora: [10, 1, 5, 5, 1, 10, 1, 1, 1, 10, 1, 1], adapter: [5, 10, 10, 10, 5, 1, 1, 1, 10, 10, 10, 1]}]";
+
 /// (method, backbone, methods YAML, the seed's cell, the count the definition gives, convention).
 const ROWS: &[(&str, &str, &str, &str, i64, &str)] = &[
     ("Full fine-tuning", VIT_B16, "[{type: FullFT}]", "85.8M", 85_798_656, "backbone, head excluded"),
@@ -37,6 +40,9 @@ const ROWS: &[(&str, &str, &str, &str, i64, &str)] = &[
     ("SSF", VIT_B16, "[{type: SSF}]", "0.21M", 205_824, "after norm1, qkv, proj, norm2, fc1, fc2, patch embed, final norm"),
     ("Hydra", VIT_B16, "[{type: Hydra}]", "0.28M", 239_712, "rank 2 parallel + sequential on proj and fc2 (the cell adds the VTAB head)"),
     ("RepAdapter", VIT_B16, "[{type: RepAdapter}]", "0.22M", 239_808, "as specified (the cell counts weights only: 221,184)"),
+    ("SCT", VIT_B16, "[{type: SCT, top_n: 96}]", "0.11M", 111_744, "96 salient channels after attention (sct_attn)"),
+    ("GPS", VIT_B16, "[{type: GPS, k: 1}]", "0.22M", 166_656, "k = 1 and every bias, patch-embedding weight not selected (the cell: GPS's own count with the head)"),
+    ("NOAH", VIT_B16, NOAH_CIFAR, "0.43M", 320_330, "cifar100's released sub-network (VTAB mean 360,134; the cell: NOAH's own counter)"),
     ("Prefix (FGVC)", VIT_B16, "[{type: Prefix}]", "0.36M", 184_320, "prefix length 10 (the cell adds the FGVC head)"),
     ("DTL", VIT_B16, "[{type: DTL}]", "0.04M", 36_864, "rank 2 on all 12 block inputs"),
     ("LST", VIT_B16, "[{type: LST}]", "2.38M", 2_376_492, "reduction 8, 12 side blocks and ladders (ViT variant reconstructed)"),

@@ -1,5 +1,6 @@
 //! Training checkpoints: the trainable tensors (`param.<name>`), the optimiser state
-//! (`optim.<name>.<slot>`) and a JSON record (epoch, iteration, optimiser steps, best metric, config
+//! (`optim.<name>.<slot>`), the methods' prepare results (`prepared.<name>`, see
+//! [`super::prepare`]) and a JSON record (epoch, iteration, optimiser steps, best metric, config
 //! hash) in one safetensors file's metadata, written atomically (temporary file, then rename).
 //! `work_dir/last_checkpoint` names the newest; `max_keep` prunes older epoch checkpoints.
 
@@ -56,13 +57,22 @@ fn to_raw(t: &Tensor) -> anyhow::Result<Raw> {
 }
 
 /// Writes a checkpoint.
-pub fn save(path: &Path, params: &[(String, Tensor)], optim: &[(String, Tensor)], meta: &Meta) -> anyhow::Result<()> {
-    let mut named: Vec<(String, Raw)> = Vec::with_capacity(params.len() + optim.len());
+pub fn save(
+    path: &Path,
+    params: &[(String, Tensor)],
+    optim: &[(String, Tensor)],
+    prepared: &[(String, Tensor)],
+    meta: &Meta,
+) -> anyhow::Result<()> {
+    let mut named: Vec<(String, Raw)> = Vec::with_capacity(params.len() + optim.len() + prepared.len());
     for (k, t) in params {
         named.push((format!("param.{k}"), to_raw(t)?));
     }
     for (k, t) in optim {
         named.push((format!("optim.{k}"), to_raw(t)?));
+    }
+    for (k, t) in prepared {
+        named.push((format!("{PREPARED}{k}"), to_raw(t)?));
     }
     let info: HashMap<String, String> = [("vpetl".to_string(), serde_json::to_string(meta)?)].into_iter().collect();
     let bytes = safetensors::serialize(named.iter().map(|(k, r)| (k.as_str(), r)), &Some(info))
@@ -70,10 +80,16 @@ pub fn save(path: &Path, params: &[(String, Tensor)], optim: &[(String, Tensor)]
     write_atomic(path, &bytes)
 }
 
+/// Prefix of the methods' prepare results in checkpoints and method-only files. Stored as float32
+/// like every tensor here (channel and input indices are exact below 2²⁴).
+pub const PREPARED: &str = "prepared.";
+
 /// A loaded checkpoint.
 pub struct Loaded {
     pub params: BTreeMap<String, Tensor>,
     pub optim: BTreeMap<String, Tensor>,
+    /// Prepare results by name (without the `prepared.` prefix).
+    pub prepared: BTreeMap<String, Tensor>,
     pub meta: Meta,
 }
 
@@ -87,7 +103,7 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
         .with_context(|| format!("{}: a safetensors file, but not a vpetl training checkpoint (no `vpetl` metadata)", path.display()))?;
     let meta: Meta = serde_json::from_str(meta_json).with_context(|| format!("{}: unreadable checkpoint record", path.display()))?;
     let st = SafeTensors::deserialize(&bytes).with_context(|| format!("{}: corrupt checkpoint", path.display()))?;
-    let (mut params, mut optim) = (BTreeMap::new(), BTreeMap::new());
+    let (mut params, mut optim, mut prepared) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     for (name, view) in st.tensors() {
         if view.dtype() != Dtype::F32 {
             bail!("{}: tensor `{name}` is {:?}, expected F32", path.display(), view.dtype());
@@ -98,21 +114,50 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
             params.insert(k.to_string(), t);
         } else if let Some(k) = name.strip_prefix("optim.") {
             optim.insert(k.to_string(), t);
+        } else if let Some(k) = name.strip_prefix(PREPARED) {
+            prepared.insert(k.to_string(), t);
         }
     }
-    Ok(Loaded { params, optim, meta })
+    Ok(Loaded { params, optim, prepared, meta })
 }
 
 /// Writes the trained tensors alone (methods, head, and any backbone tensor a method trains) with
 /// the model's `methods` config as JSON metadata (`vpetl_methods`), like PEFT's
 /// `adapter_model.safetensors`: loadable on top of the pretrained backbone with `load_from` or
-/// `tools/test --checkpoint`, since its names are the model's own.
-pub fn save_method_only(path: &Path, trained: &[(String, Tensor)], methods_json: &str) -> anyhow::Result<()> {
-    let named: Vec<(String, Raw)> = trained.iter().map(|(k, t)| Ok((k.clone(), to_raw(t)?))).collect::<anyhow::Result<_>>()?;
+/// `tools/test --checkpoint`, since its names are the model's own. The methods' prepare results
+/// go with them as `prepared.<name>`.
+pub fn save_method_only(
+    path: &Path,
+    trained: &[(String, Tensor)],
+    prepared: &[(String, Tensor)],
+    methods_json: &str,
+) -> anyhow::Result<()> {
+    let named: Vec<(String, Raw)> = trained
+        .iter()
+        .map(|(k, t)| Ok((k.clone(), to_raw(t)?)))
+        .chain(prepared.iter().map(|(k, t)| Ok((format!("{PREPARED}{k}"), to_raw(t)?))))
+        .collect::<anyhow::Result<_>>()?;
     let info: HashMap<String, String> = [("vpetl_methods".to_string(), methods_json.to_string())].into_iter().collect();
     let bytes = safetensors::serialize(named.iter().map(|(k, r)| (k.as_str(), r)), &Some(info))
         .with_context(|| format!("cannot serialise {}", path.display()))?;
     write_atomic(path, &bytes)
+}
+
+/// The prepare results (`prepared.*`) of any safetensors file: a checkpoint or a method-only file.
+pub fn read_prepared(path: &Path) -> anyhow::Result<BTreeMap<String, Tensor>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes).with_context(|| format!("{}: not a safetensors file", path.display()))?;
+    let mut out = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        if let Some(k) = name.strip_prefix(PREPARED) {
+            if view.dtype() != Dtype::F32 {
+                bail!("{}: tensor `{name}` is {:?}, expected F32", path.display(), view.dtype());
+            }
+            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            out.insert(k.to_string(), Tensor::from_data_size(view.data(), &shape, Kind::Float));
+        }
+    }
+    Ok(out)
 }
 
 /// `epoch_<n>.safetensors` (epoch loop) or `iter_<n>.safetensors` (iteration loop).

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod evaluator;
 pub mod hooks;
 pub mod optim;
+pub mod prepare;
 pub mod results;
 pub mod runner;
 pub mod schedule;

@@ -84,7 +84,7 @@ pub fn load_weights(vs: &nn::VarStore, model: &dyn Model, path: &Path, allow_sha
                 Ok(())
             })?;
             tracing::info!("loaded {} tensors from checkpoint {}", ck.params.len(), path.display());
-            return Ok(());
+            return super::prepare::apply(model, &ck.prepared, path);
         }
     }
     let spec = PretrainedSpec {
@@ -92,12 +92,15 @@ pub fn load_weights(vs: &nn::VarStore, model: &dyn Model, path: &Path, allow_sha
         layout: Default::default(),
         strip_prefix: vec![],
         rename: vec![],
-        skip: vec![],
+        skip: vec![format!("{}.*", regex::escape(checkpoint::PREPARED))],
         allow_shape_mismatch: allow_shape_mismatch.to_vec(),
         strict: false,
     };
     let report = load_pretrained(vs, &spec, model.backbone())?;
     tracing::info!("{}", report.to_string().trim_end());
+    if path.extension().is_some_and(|e| e == "safetensors") {
+        super::prepare::apply(model, &checkpoint::read_prepared(path)?, path)?;
+    }
     Ok(())
 }
 
@@ -190,9 +193,13 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
             Ok(())
         })?;
         optimizer.load_state(&ck.optim, ck.meta.optimizer_steps)?;
+        super::prepare::apply(model.as_ref(), &ck.prepared, &path)?;
         meta = Meta { config_hash: hash.clone(), ..ck.meta };
         tracing::info!("resumed from {} after epoch {}, iteration {}", path.display(), meta.epoch, meta.iter);
     }
+
+    super::prepare::run_missing(model.as_ref(), &vs, &super::prepare::LoaderData::new(&train_loader, model.as_ref(), device, "prepare"))?;
+    let prepared = super::prepare::results(model.as_ref())?;
 
     let mut hooks = Hooks::build(&cfg.default_hooks, &cfg.custom_hooks)?;
     tracing::debug!("hooks: {}", hooks.names().join(", "));
@@ -223,6 +230,7 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
         improved: false,
         images_seen: 0,
         train_secs: 0.0,
+        prepared,
     };
     let stop_at_iter = opts.stop_after_iters.map(|n| run.meta.iter + n);
     let step = TrainStep { label_smoothing: cfg.loss.label_smoothing, accum: optim_cfg.accumulative_counts.max(1), clip: optim_cfg.clip_grad };
@@ -272,7 +280,7 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
     let methods_json = node.lookup("model.methods").map_or_else(|| "[]".to_string(), |n| {
         serde_json::to_string(&n.to_yaml_value()).unwrap_or_else(|_| "[]".into())
     });
-    checkpoint::save_method_only(&work_dir.join("method.safetensors"), &run.trainable, &methods_json)?;
+    checkpoint::save_method_only(&work_dir.join("method.safetensors"), &run.trainable, &run.prepared, &methods_json)?;
     tracing::info!(
         "done: {} {:.2} (best {:.2}), {} trainable parameters (method {}), PPT {:.4}",
         results.metric.name,
@@ -397,6 +405,7 @@ pub fn test(node: &Node, checkpoint_path: &Path) -> anyhow::Result<Vec<(String, 
     let device = crate::runtime::default_device();
     let (vs, model) = build_model(&cfg, device)?;
     load_weights(&vs, model.as_ref(), checkpoint_path, &[])?;
+    super::prepare::ensure_ready(model.as_ref(), checkpoint_path)?;
     let spec = cfg
         .test_dataloader
         .as_ref()

@@ -68,6 +68,8 @@ pub struct RunState<'a> {
     pub last_checkpoint: Option<PathBuf>,
     pub images_seen: u64,
     pub train_secs: f64,
+    /// Results of the methods' prepare steps (selected channels, masks), saved in checkpoints.
+    pub prepared: Vec<(String, Tensor)>,
 }
 
 impl RunState<'_> {

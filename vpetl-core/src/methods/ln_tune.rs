@@ -20,6 +20,6 @@ impl MethodSpec for LnTuneSpec {
         let norms: Vec<&String> = ctx.backbone_vars.keys().filter(|k| pattern.is_match(k)).collect();
         anyhow::ensure!(!norms.is_empty(), "LN-Tune: this backbone has no LayerNorm");
         let sites = ctx.sites.iter().filter(|(_, s)| s.kind == SiteKind::Norm).map(|(_, s)| s.name.clone()).collect();
-        Ok(Attached { sites, trainable_backbone: vec![pattern], merge: Some(Box::new(InPlace)) })
+        Ok(Attached { sites, trainable_backbone: vec![pattern], merge: Some(Box::new(InPlace)), ..Default::default() })
     }
 }

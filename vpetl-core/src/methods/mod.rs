@@ -6,6 +6,11 @@
 //! site. Trainability is decided once, afterwards ([`trainability`]): every `methods.*` and `head.*`
 //! variable trains, a `backbone.*` variable trains only when some method's `trainable_backbone`
 //! pattern matches it.
+//!
+//! Some methods need a pass over the training data before they train (SCT's channel calibration,
+//! GPS's gradient scores, NOAH's search): they return a [`Prepare`] step, which the runner calls
+//! once (`engine::prepare`), and whose result (named tensors) is saved with every checkpoint and
+//! re-applied when one is loaded.
 
 pub mod adapter;
 pub mod adaptformer;
@@ -14,6 +19,7 @@ pub mod convpass;
 pub mod dtl;
 pub mod e3va;
 pub mod fact;
+pub mod gps;
 pub mod full_finetune;
 pub mod hydra;
 pub mod last;
@@ -23,9 +29,11 @@ pub mod lora;
 pub mod lorand;
 pub mod lst;
 pub mod mona;
+pub mod noah;
 pub mod partial;
 pub mod prefix_tuning;
 pub mod repadapter;
+pub mod sct;
 pub mod side;
 pub mod snf;
 pub mod ssf;
@@ -91,6 +99,45 @@ pub struct Attached {
     pub trainable_backbone: Vec<Regex>,
     /// Folds the method into plain backbone weights, when the maths allows.
     pub merge: Option<Box<dyn Merge>>,
+    /// A pass over the training data the method needs before it trains.
+    pub prepare: Option<Box<dyn Prepare>>,
+}
+
+/// A method's preparation: a pass over the training data whose result (selected channels, masks, a
+/// chosen sub-network) decides the model that trains. Its result is a set of named tensors so that
+/// checkpoints carry it (`prepared.methods.<name>.<key>`) and a loaded model is the trained one
+/// without re-running the pass.
+pub trait Prepare {
+    /// One line for the log: what the pass computes.
+    fn describe(&self) -> String;
+    /// Runs the pass. `data` yields the training split's batches; the model's forward pass goes
+    /// through `forward` (its hooks, this method's included, are live). Deterministic for a given
+    /// data order and libtorch seed. Returns the result, keys relative to the method's namespace.
+    fn run(&self, data: &dyn PrepareData) -> anyhow::Result<Vec<(String, Tensor)>>;
+    /// Installs a result (just computed, or read from a checkpoint); an error names a missing or
+    /// malformed key.
+    fn apply(&self, result: &BTreeMap<String, Tensor>) -> anyhow::Result<()>;
+    /// Whether a result is installed (the model can run).
+    fn is_ready(&self) -> bool;
+    /// The installed result (what [`Prepare::run`] returned, or what was applied).
+    fn result(&self) -> anyhow::Result<Vec<(String, Tensor)>>;
+}
+
+/// What a prepare step sees: the training batches (in a fixed order) and the model.
+pub trait PrepareData {
+    /// Batches of one pass over the training split: `(images, labels)` on the model's device.
+    /// `pass` numbers the passes, so that two passes can differ in their augmentation.
+    fn batches(&self, pass: u64) -> Box<dyn Iterator<Item = anyhow::Result<(Tensor, Tensor)>> + '_>;
+    /// Number of batches in one pass (for the progress bar and the time estimate).
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn num_classes(&self) -> i64;
+    /// The model's forward pass; `train` selects training mode (dropout, drop path).
+    fn forward(&self, images: &Tensor, train: bool) -> crate::model::ModelOutput;
+    /// Reports progress: `done` of `total` units of work.
+    fn progress(&self, done: u64, total: u64);
 }
 
 /// Folding a method into the backbone's own weights (names without `backbone.`).

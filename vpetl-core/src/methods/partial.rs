@@ -42,6 +42,7 @@ impl MethodSpec for PartialSpec {
             sites: blocks[blocks.len() - self.k..].iter().map(|(_, b)| b.clone()).collect(),
             trainable_backbone: vec![pattern],
             merge: Some(Box::new(InPlace)),
+            ..Default::default()
         })
     }
 }
