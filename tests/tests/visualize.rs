@@ -43,7 +43,7 @@ fn check_probes(methods: &str, extra_keys: i64) {
     assert_eq!(caught[1].probs.size(), [2, 4, tokens, tokens + extra_keys]);
     let sums = caught[1].probs.sum_dim_intlist(-1, false, Kind::Float);
     assert!((sums - 1.0).abs().max().double_value(&[]) < 1e-5);
-    let (v, out) = witness.lock().unwrap().clone();
+    let (v, out) = std::mem::take(&mut *witness.lock().unwrap());
     let recomputed = caught[1].probs.matmul(&v.unwrap());
     let diff = (recomputed - out.unwrap()).abs().max().double_value(&[]);
     assert!(diff < 1e-5, "probabilities times values differ from the attention's output by {diff}");

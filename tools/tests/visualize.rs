@@ -80,7 +80,7 @@ fn attention_of_two_checkpoints_side_by_side() {
         "attention",
         "--config", &quickstart("linear_probe_vit_tiny_mnist1k.yaml"), "--checkpoint", s(&pretrained), "--label", "pretrained",
         "--config", &quickstart("lora_vit_tiny_mnist1k.yaml"), "--checkpoint", s(&t.checkpoint), "--label", "LoRA",
-        "--images", "2", "--blocks", "0,5", "--out", s(&png), "--size", "900x700",
+        "--images", "2", "--blocks", "0,3", "--out", s(&png), "--size", "900x700",
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(stdout.contains("wrote"), "{stdout}");
