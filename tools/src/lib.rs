@@ -36,3 +36,31 @@ pub fn run_with_console_log<A: clap::Parser>(run: impl FnOnce(A) -> anyhow::Resu
         exit_with(e);
     }
 }
+
+/// Every `results.json` in the given folders and their subfolders (a file path is read as is).
+pub fn collect_results(dirs: &[std::path::PathBuf]) -> anyhow::Result<Vec<vpetl_core::engine::results::Results>> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<vpetl_core::engine::results::Results>) -> anyhow::Result<()> {
+        use anyhow::Context;
+        if dir.is_file() {
+            out.push(vpetl_core::engine::results::Results::read(dir)?);
+            return Ok(());
+        }
+        let p = dir.join("results.json");
+        if p.is_file() {
+            out.push(vpetl_core::engine::results::Results::read(&p)?);
+        }
+        for e in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                walk(&e.path(), out)?;
+            }
+        }
+        Ok(())
+    }
+    let mut all = Vec::new();
+    for d in dirs {
+        walk(d, &mut all)?;
+    }
+    anyhow::ensure!(!all.is_empty(), "no results.json under {}", dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "));
+    Ok(all)
+}

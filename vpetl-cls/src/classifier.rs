@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use tch::nn;
 use tch::Tensor;
-use vpetl_core::backbones::sites::Hooks;
+use vpetl_core::backbones::sites::{Hook, Hooks, SiteId};
 use vpetl_core::backbones::{Backbone, BackboneSpec, ForwardOpts};
 use vpetl_core::checkpoint::load::{load_pretrained, PretrainedSpec};
 use vpetl_core::methods::trainability::{self, ParamCounts};
@@ -131,5 +131,9 @@ impl Model for ImageClassifier {
 
     fn prepare_steps(&self) -> Vec<(&str, &dyn Prepare)> {
         self.prepares.iter().map(|(n, p)| (n.as_str(), p.as_ref())).collect()
+    }
+
+    fn install_hook(&mut self, site: SiteId, hook: Hook) -> anyhow::Result<()> {
+        self.hooks.install(self.backbone.sites(), site, hook).map_err(anyhow::Error::msg)
     }
 }

@@ -11,6 +11,7 @@ pub mod methods;
 pub mod model;
 pub mod registry;
 pub mod runtime;
+pub mod viz;
 pub mod workdir;
 
 pub use inventory;

@@ -7,6 +7,7 @@ use tch::{nn, Tensor};
 
 use crate::methods::trainability::ParamCounts;
 
+use crate::backbones::sites::{Hook, SiteId};
 use crate::backbones::{Backbone, BackboneOutput, ForwardOpts};
 use crate::registry::{Kind, KindOf};
 
@@ -38,6 +39,9 @@ pub trait Model {
     fn prepare_steps(&self) -> Vec<(&str, &dyn crate::methods::Prepare)> {
         Vec::new()
     }
+    /// Installs a hook after the model was built (probes, visualisers); at its site it runs after
+    /// the methods' hooks, so it sees what they made (e.g. keys extended by prefix tuning).
+    fn install_hook(&mut self, site: SiteId, hook: Hook) -> anyhow::Result<()>;
 }
 
 /// A task head's typed config.

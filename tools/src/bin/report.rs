@@ -1,14 +1,14 @@
-//! `tools/report DIR... [--markdown OUT.md] [--csv OUT.csv]`
+//! `tools/report DIR... [--markdown OUT.md] [--csv OUT.csv] [--plot OUT.png [--size WxH]]`
 //!
 //! Collects every `results.json` under the given folders and prints the seed's table shape: one row
 //! per method (and backbone), one column per dataset (the headline metric), then Mean, Params (M,
 //! head excluded, the papers' column) and PPT of the mean.
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use vpetl_core::engine::results::{ppt, Results};
+use vpetl_core::engine::results::ppt;
 
 #[derive(Parser)]
 #[command(about = "Tabulate results.json files as the V-PETL tables")]
@@ -19,28 +19,17 @@ struct Args {
     markdown: Option<PathBuf>,
     #[arg(long)]
     csv: Option<PathBuf>,
-}
-
-fn collect(dir: &Path, out: &mut Vec<Results>) -> anyhow::Result<()> {
-    let p = dir.join("results.json");
-    if p.is_file() {
-        out.push(Results::read(&p)?);
-    }
-    for e in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
-        let e = e?;
-        if e.file_type()?.is_dir() {
-            collect(&e.path(), out)?;
-        }
-    }
-    Ok(())
+    /// Also draw the results as a PNG: mean metric against trainable parameters, and per dataset
+    /// (the picture `tools/visualize results` draws).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Size of the plot, WIDTHxHEIGHT.
+    #[arg(long, default_value = "1400x600", value_parser = vpetl_core::viz::canvas::parse_size)]
+    size: (u32, u32),
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let mut all = Vec::new();
-    for d in &args.dirs {
-        collect(d, &mut all)?;
-    }
-    anyhow::ensure!(!all.is_empty(), "no results.json under {}", args.dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "));
+    let all = vpetl_tools::collect_results(&args.dirs)?;
     let datasets: Vec<String> = all.iter().map(|r| r.dataset.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
     let mut rows: BTreeMap<(String, String), (BTreeMap<String, f64>, i64)> = BTreeMap::new();
     for r in &all {
@@ -73,6 +62,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(p) = &args.csv {
         let csv = std::iter::once(header.join(",")).chain(table.iter().map(|l| l.join(","))).collect::<Vec<_>>().join("\n");
         std::fs::write(p, format!("{csv}\n")).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if let Some(p) = &args.plot {
+        vpetl_core::viz::results_plot::plot(p, args.size, &all, "Results: performance against trainable parameters")?;
     }
     Ok(())
 }
