@@ -1,9 +1,12 @@
 //! The training engine: optimisers with saveable state, schedules, evaluators, checkpoints, the
 //! train/test loops and results.
 
+pub mod amp;
 pub mod checkpoint;
 pub mod evaluator;
+pub mod memory;
 pub mod optim;
+pub mod parallel;
 pub mod results;
 pub mod runner;
 pub mod schedule;

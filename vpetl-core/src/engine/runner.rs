@@ -13,7 +13,10 @@ use tch::{nn, Device, Reduction, Tensor};
 
 use super::checkpoint::{self, Meta};
 use super::evaluator::Evaluator;
+use super::amp::Amp;
+use super::memory::MemoryMeter;
 use super::optim::clip_grad_norm;
+use super::parallel::Parallel;
 use super::results::{ppt, Results};
 use crate::backbones::ForwardOpts;
 use crate::checkpoint::load::{load_pretrained, PretrainedSpec};
@@ -96,28 +99,35 @@ pub fn load_weights(vs: &nn::VarStore, model: &dyn Model, path: &Path, allow_sha
     Ok(())
 }
 
-/// Runs the evaluator over a loader.
+/// Runs the evaluator over a loader, in inference mode (its outputs never feed training). A sharded
+/// loader (data parallel) evaluates this rank's part; the outputs of all ranks are then gathered so
+/// that every rank's evaluator sees the whole split in order.
 pub fn evaluate(model: &dyn Model, loader: &Loader, evaluator: &mut dyn Evaluator, device: Device) -> anyhow::Result<Vec<(String, f64)>> {
     evaluator.reset();
-    let _guard = tch::no_grad_guard();
+    let _guard = crate::inference::InferenceMode::enter();
+    let group = crate::dist::current().filter(|_| loader.is_sharded());
+    let mut kept: Vec<(Tensor, Tensor, Vec<usize>)> = Vec::new();
     let mut progress = Progress::new("evaluate", loader.len() as u64);
     for batch in loader.epoch(0, 0) {
         let batch = batch?;
         let out = model.forward(&batch.images.to_device(device), ForwardOpts { train: false, collect_blocks: false });
-        evaluator.process(&out.logits, &batch.labels);
+        match group {
+            None => evaluator.process(&out.logits, &batch.labels),
+            Some(_) => kept.push((out.logits, batch.labels, batch.indices)),
+        }
         progress.inc(1);
     }
     progress.finish();
+    if let Some(g) = group {
+        let rows = Tensor::cat(&kept.iter().map(|k| &k.0).collect::<Vec<_>>(), 0);
+        let labels = Tensor::cat(&kept.iter().map(|k| &k.1).collect::<Vec<_>>(), 0);
+        let indices: Vec<usize> = kept.iter().flat_map(|k| k.2.iter().copied()).collect();
+        let (rows, labels) = crate::dist::gather::gather_rows(g, &rows, &labels, &indices)?;
+        for (r, l) in rows.split(loader.batch_size() as i64, 0).iter().zip(labels.split(loader.batch_size() as i64, 0).iter()) {
+            evaluator.process(r, l);
+        }
+    }
     Ok(evaluator.compute())
-}
-
-/// Peak resident memory of this process in MB (VmHWM); CUDA memory is reported by the device layer.
-fn peak_memory_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn git_revision() -> String {
@@ -137,23 +147,37 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
     let merged = node.to_yaml_string();
     let hash = config_hash(&merged);
     let work_dir = workdir::resolve(opts.work_dir.as_deref(), cfg.work_dir.as_deref(), &opts.config_path);
-    let dirs = RunDirs::create(&work_dir)?;
-    if crate::logging::init_with_file(cfg.log_level.as_str(), &dirs.log_file).is_err() {
+    let mut parallel = Parallel::init(&cfg)?;
+    // Data parallel: rank 0 alone writes logs, checkpoints and results; the others report warnings.
+    let main = parallel.is_main();
+    let dirs = if main { Some(RunDirs::create(&work_dir)?) } else { None };
+    let logging = match &dirs {
+        Some(dirs) => crate::logging::init_with_file(cfg.log_level.as_str(), &dirs.log_file).map(|_| ()),
+        None => {
+            crate::logging::init_console("warn");
+            Ok(())
+        }
+    };
+    if logging.is_err() {
         tracing::debug!("logging was set up before; this run logs to the existing subscriber");
     }
-    dirs.dump_config(&opts.config_path, &merged)?;
+    if let Some(dirs) = &dirs {
+        dirs.dump_config(&opts.config_path, &merged)?;
+    }
     tracing::info!("work dir {}, config hash {hash}", work_dir.display());
 
     let seed = opts.seed.or(cfg.seed).unwrap_or(42);
     tch::manual_seed(seed as i64);
-    let device = crate::runtime::default_device();
+    let device = parallel.device();
     let (vs, model) = build_model(&cfg, device)?;
     if let Some(path) = &cfg.load_from {
         load_weights(&vs, model.as_ref(), path, &[])?;
     }
+    let optim_cfg = cfg.optim_wrapper.as_ref().context("the config has no `optim_wrapper`")?;
+    let mut amp = Amp::from_config(optim_cfg, &vs, device)?;
     let train_spec = cfg.train_dataloader.as_ref().context("the config has no `train_dataloader`")?;
-    let train_loader = Loader::from_spec(train_spec, seed)?;
-    let val_loader = cfg.val_dataloader.as_ref().map(|s| Loader::from_spec(s, seed)).transpose()?;
+    let train_loader = parallel.shard(Loader::from_spec(train_spec, seed)?);
+    let val_loader = cfg.val_dataloader.as_ref().map(|s| Loader::from_spec(s, seed).map(|l| parallel.shard(l))).transpose()?;
     let mut evaluator = match (&cfg.val_evaluator, &val_loader) {
         (Some(e), _) => Some(e.spec.build()),
         (None, Some(_)) => bail!("`val_dataloader` is set but `val_evaluator` is not"),
@@ -165,13 +189,14 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
     }
     let classes = train_loader.dataset().num_classes();
     let train_cfg = cfg.train_cfg.clone().context("the config has no `train_cfg`")?;
-    let optim_cfg = cfg.optim_wrapper.as_ref().context("the config has no `optim_wrapper`")?;
     let mut trainable: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
     trainable.sort_by(|a, b| a.0.cmp(&b.0));
     if trainable.is_empty() {
         bail!("nothing to train: no variable requires a gradient");
     }
-    let base_lr = optim_cfg.optimizer.spec.lr();
+    let base_lr = parallel.scale_lr(&cfg, optim_cfg.optimizer.spec.lr(), train_loader.batch_size())?;
+    parallel.prepare(&cfg, &trainable)?;
+    let params: Vec<Tensor> = trainable.iter().map(|(_, t)| t.shallow_clone()).collect();
     let mut optimizer = optim_cfg.optimizer.spec.build(trainable.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect())?;
     let scheduler = cfg.param_scheduler.as_ref().map(|s| &s.spec);
 
@@ -198,7 +223,8 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
         tracing::info!("resumed from {} after epoch {}", path.display(), meta.epoch);
     }
 
-    let mut scalars = ScalarLog::open(&dirs.scalars_file)?;
+    let mut scalars = dirs.as_ref().map(|d| ScalarLog::open(&d.scalars_file)).transpose()?;
+    let mut memory = MemoryMeter::new(device);
     let accum = optim_cfg.accumulative_counts.max(1);
     let log_every = cfg.default_hooks.logger.interval.max(1);
     let ck_cfg = &cfg.default_hooks.checkpoint;
@@ -223,9 +249,11 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
             let batch = batches.next().context("the loader ended early")??;
             data_time += t_data.elapsed().as_secs_f64();
             let lr = scheduler.map_or(base_lr, |s| s.lr(base_lr, epoch, meta.iter));
-            let out = model.forward(&batch.images.to_device(device), ForwardOpts { train: true, collect_blocks: false });
             let labels = batch.labels.to_device(device);
-            let loss = out.logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, cfg.loss.label_smoothing);
+            let loss = amp.autocast(|| {
+                let out = model.forward(&batch.images.to_device(device), ForwardOpts { train: true, collect_blocks: false });
+                out.logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, cfg.loss.label_smoothing)
+            })?;
             let value = loss.double_value(&[]);
             if !value.is_finite() {
                 bail!(
@@ -236,33 +264,40 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
                     last_ck.as_ref().map_or("none (none written yet)".to_string(), |p| p.display().to_string())
                 );
             }
-            (loss / accum as f64).backward();
+            amp.backward(&loss, accum);
             if (i as u64 + 1) % accum == 0 || i + 1 == total {
-                if let Some(c) = optim_cfg.clip_grad {
-                    clip_grad_norm(optimizer.params(), c.max_norm);
+                parallel.sync_grads(&params)?;
+                if amp.unscale(&params) {
+                    if let Some(c) = optim_cfg.clip_grad {
+                        clip_grad_norm(optimizer.params(), c.max_norm);
+                    }
+                    optimizer.step(lr);
                 }
-                optimizer.step(lr);
                 optimizer.zero_grad();
             }
-            images_seen += batch.indices.len() as u64;
+            // Throughput of the whole job: every rank runs as many samples per step.
+            images_seen += (batch.indices.len() * parallel.world_size()) as u64;
             meta.iter += 1;
             window_loss += value;
             window_n += 1;
             progress.inc(1);
             if meta.iter % log_every == 0 || i + 1 == total {
                 let elapsed = t_last.elapsed().as_secs_f64();
+                let window_mean = parallel.mean(window_loss, window_n)?;
                 let s = TrainScalars {
                     step: meta.iter,
                     epoch: epoch + 1,
                     iter: meta.iter,
                     lr,
-                    loss: window_loss / window_n as f64,
+                    loss: window_mean,
                     time: elapsed / window_n as f64,
                     data_time: data_time / window_n as f64,
-                    memory: peak_memory_mb(),
+                    memory: memory.interval_peak_mb(),
                 };
                 tracing::info!("epoch {} iter {}/{}: lr {:.3e} loss {:.4} time {:.3}s", epoch + 1, i + 1, total, s.lr, s.loss, s.time);
-                scalars.write_train(&s)?;
+                if let Some(scalars) = scalars.as_mut() {
+                    scalars.write_train(&s)?;
+                }
                 (window_loss, window_n, data_time) = (0.0, 0, 0.0);
                 t_last = Instant::now();
             }
@@ -283,7 +318,9 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
                     meta.epoch,
                     metrics.iter().map(|(k, v)| format!("{k} {v:.2}")).collect::<Vec<_>>().join(", ")
                 );
-                scalars.write_eval(meta.epoch, &metrics)?;
+                if let Some(scalars) = scalars.as_mut() {
+                    scalars.write_eval(meta.epoch, &metrics)?;
+                }
                 if let Some((name, value)) = metrics.first().cloned() {
                     let better = match &meta.best {
                         None => true,
@@ -297,7 +334,7 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
                 last_metrics = metrics;
             }
         }
-        if meta.epoch % ck_cfg.interval.max(1) == 0 || last_epoch || improved {
+        if main && (meta.epoch % ck_cfg.interval.max(1) == 0 || last_epoch || improved) {
             let params: Vec<(String, Tensor)> = trainable.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
             let (state, _) = optimizer.state();
             let path = checkpoint::epoch_path(&work_dir, meta.epoch);
@@ -340,7 +377,7 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
             method: method_params,
         },
         ppt: ppt(metric_value / 100.0, method_params),
-        peak_memory_mb: peak_memory_mb(),
+        peak_memory_mb: memory.run_peak_mb(),
         train_images_per_s: if train_secs > 0.0 { images_seen as f64 / train_secs } else { 0.0 },
         wall_s: started.elapsed().as_secs_f64(),
         epochs: meta.epoch,
@@ -349,6 +386,9 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
         config_hash: hash,
         git_revision: git_revision(),
     };
+    if !main {
+        return Ok(results);
+    }
     results.write(&work_dir.join("results.json"))?;
     let methods_json = node.lookup("model.methods").map_or_else(|| "[]".to_string(), |n| {
         serde_json::to_string(&n.to_yaml_value()).unwrap_or_else(|_| "[]".into())
