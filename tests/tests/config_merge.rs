@@ -103,16 +103,42 @@ fn a_mapping_over_a_base_scalar_needs_delete() {
 }
 
 #[test]
-fn sibling_bases_may_not_share_top_level_keys() {
+fn sibling_bases_may_not_set_the_same_value() {
     let files = [
-        ("a.yaml", "model: {depth: 12}\n"),
-        ("b.yaml", "model: {depth: 6}\n"),
-        ("child.yaml", "_base_: [a.yaml, b.yaml]\n"),
+        ("a.yaml", "model: {depth: 12, width: 768}
+"),
+        ("b.yaml", "model: {depth: 6}
+"),
+        ("child.yaml", "_base_: [a.yaml, b.yaml]
+"),
     ];
     let e = load(&files, "child.yaml", &[]).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "child.yaml: _base_: key `model` is defined by two bases, a.yaml and b.yaml; sibling bases may not share top-level keys"
+        "child.yaml: _base_: `model.depth` is set by two bases, a.yaml and b.yaml; sibling bases may share mappings but not values"
+    );
+    let files = [("a.yaml", "lr: 0.1
+"), ("b.yaml", "lr: {value: 0.1}
+"), ("child.yaml", "_base_: [a.yaml, b.yaml]
+")];
+    assert!(load(&files, "child.yaml", &[]).unwrap_err().to_string().contains("`lr` is set by two bases"));
+}
+
+#[test]
+fn sibling_bases_merge_disjoint_mappings() {
+    let files = [
+        ("model.yaml", "model: {backbone: {depth: 12}, head: {n: 10}}
+"),
+        ("method.yaml", "model: {methods: [{type: LoRA}]}
+"),
+        ("child.yaml", "_base_: [model.yaml, method.yaml]
+model: {head: {n: 100}}
+"),
+    ];
+    assert_eq!(
+        yaml(&load(&files, "child.yaml", &[]).unwrap()),
+        parse("model: {backbone: {depth: 12}, head: {n: 100}, methods: [{type: LoRA}]}
+")
     );
 }
 

@@ -140,3 +140,124 @@ fn a_non_finite_loss_stops_the_run_naming_the_step() {
     assert!(err.starts_with("loss is ") && err.contains("at epoch ") && err.contains("(global step "), "{err}");
     assert!(err.contains("The last good checkpoint is"), "{err}");
 }
+
+/// The tiny config as an iteration loop (4 batches per epoch; stops mid-epoch 3).
+fn iteration_loop(cfg: &Path) -> vpetl_core::config::Node {
+    load_config(
+        cfg,
+        &["train_cfg={max_iters: 10, val_interval: 4}".to_string(), "default_hooks.checkpoint={interval: 5, max_keep_ckpts: 0}".to_string(), "param_scheduler.by_epoch=false".to_string()],
+    )
+    .unwrap()
+}
+
+#[test]
+fn an_iteration_loop_resumed_mid_epoch_equals_the_uninterrupted_one() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (tmp, cfg) = setup(0.01);
+    let node = iteration_loop(&cfg);
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let full = train(&node, &opts(&cfg, &a)).unwrap();
+    assert!(a.join("iter_5.safetensors").exists() && a.join("iter_10.safetensors").exists());
+    train(&node, &TrainOptions { stop_after_iters: Some(5), ..opts(&cfg, &b) }).unwrap();
+    assert_eq!(std::fs::read_to_string(b.join("last_checkpoint")).unwrap(), "iter_5.safetensors");
+    let resumed = train(&node, &TrainOptions { resume: Some(Resume::Auto), ..opts(&cfg, &b) }).unwrap();
+    let (x, y) = (checkpoint::load(&a.join("iter_10.safetensors")).unwrap(), checkpoint::load(&b.join("iter_10.safetensors")).unwrap());
+    for (k, t) in &x.params {
+        assert!(t.equal(&y.params[k]), "`{k}` differs after resuming mid-epoch");
+    }
+    assert_eq!((x.meta.iter, x.meta.epoch), (10, 2));
+    assert_eq!(full.metric, resumed.metric);
+    // Evaluations at iterations 4, 8 and 10 (the end).
+    let scalars = std::fs::read_dir(&a).unwrap().filter_map(|e| e.ok()).find(|e| e.path().join("vis_data").is_dir()).unwrap().path();
+    let lines = std::fs::read_to_string(scalars.join("vis_data/scalars.json")).unwrap();
+    let eval_steps: Vec<u64> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("accuracy/top1").is_some())
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(eval_steps, vec![4, 8, 10]);
+}
+
+mod counting_hook {
+    use std::sync::Mutex;
+
+    use vpetl_core::engine::hooks::{Hook, HookSpec};
+    use vpetl_core::engine::state::RunState;
+
+    pub static CALLS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    #[derive(Debug, Default, serde::Deserialize)]
+    pub struct CountingSpec {
+        pub tag: String,
+    }
+    vpetl_core::register!(Hook, "test", "CountingHook", CountingSpec as dyn HookSpec, "records its call points (test)");
+
+    impl HookSpec for CountingSpec {
+        fn build(&self) -> anyhow::Result<Box<dyn Hook>> {
+            Ok(Box::new(Counting(self.tag.clone())))
+        }
+    }
+
+    struct Counting(String);
+
+    impl Counting {
+        fn record(&self, what: &str, run: &RunState) {
+            CALLS.lock().unwrap().push(format!("{} {what} e{} i{}", self.0, run.meta.epoch, run.meta.iter));
+        }
+    }
+
+    impl Hook for Counting {
+        fn before_run(&mut self, run: &mut RunState) -> anyhow::Result<()> {
+            self.record("before_run", run);
+            Ok(())
+        }
+        fn after_train_epoch(&mut self, run: &mut RunState) -> anyhow::Result<()> {
+            self.record("after_train_epoch", run);
+            Ok(())
+        }
+        fn after_val(&mut self, run: &mut RunState) -> anyhow::Result<()> {
+            self.record("after_val", run);
+            Ok(())
+        }
+        fn after_run(&mut self, run: &mut RunState) -> anyhow::Result<()> {
+            self.record("after_run", run);
+            Ok(())
+        }
+    }
+}
+
+#[test]
+fn hooks_are_registered_components_and_default_slots_can_be_disabled() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (tmp, cfg) = setup(0.01);
+    let node = load_config(
+        &cfg,
+        &["custom_hooks=[{type: CountingHook, tag: t}]".to_string(), "default_hooks.checkpoint=~".to_string(), "train_cfg.max_epochs=2".to_string()],
+    )
+    .unwrap();
+    let wd = tmp.path().join("wd");
+    counting_hook::CALLS.lock().unwrap().clear();
+    train(&node, &opts(&cfg, &wd)).unwrap();
+    let calls = counting_hook::CALLS.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        [
+            "t before_run e0 i0",
+            "t after_train_epoch e1 i4",
+            "t after_val e1 i4",
+            "t after_train_epoch e2 i8",
+            "t after_val e2 i8",
+            "t after_run e2 i8"
+        ]
+    );
+    // The checkpoint slot is off: no training checkpoints, only the method file and results.
+    assert!(!wd.join("last_checkpoint").exists() && !wd.join("epoch_2.safetensors").exists());
+    assert!(wd.join("results.json").exists() && wd.join("method.safetensors").exists());
+    // A misspelt slot is named with a suggestion.
+    let err = vpetl_core::config::RunConfig::from_node(&load_config(&cfg, &["default_hooks.loger={interval: 1}".to_string()]).unwrap())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("default_hooks.loger") && err.contains("did you mean `logger`?"), "{err}");
+}

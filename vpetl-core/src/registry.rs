@@ -231,6 +231,11 @@ impl<T: ?Sized + KindOf> Component<T> {
     }
 }
 
+/// Passes a located config error out of a `Deserialize` impl that reads a [`RawNode`].
+pub(crate) fn config_error_to_serde<E: serde::de::Error>(e: ConfigError) -> E {
+    ConfigErrorCarrier::wrap(e)
+}
+
 impl<'de, T: ?Sized + KindOf> Deserialize<'de> for Component<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = RawNode::deserialize(d)?;

@@ -164,7 +164,7 @@ struct StepArgs {
 
 fn train_step(a: StepArgs) -> anyhow::Result<()> {
     use vpetl_core::engine::amp::{cast_frozen, Autocast, LossScaler, Precision};
-    use vpetl_core::engine::memory::MemoryMeter;
+    use vpetl_core::engine::memory::{cuda_stats, reset_cuda_peak};
 
     let precision = Precision::parse("--dtype", &a.dtype)?;
     let node = vpetl_core::config::load(&a.config, &[])?;
@@ -192,7 +192,7 @@ fn train_step(a: StepArgs) -> anyhow::Result<()> {
     let x = Tensor::randn([a.batch, 3, 224, 224], (Kind::Float, device));
     let y = Tensor::randint(100, [a.batch], (Kind::Int64, device));
     let mut scaler = (precision == Precision::Float16).then(LossScaler::default);
-    let mut meter = MemoryMeter::new(device);
+    reset_cuda_peak(device);
     let mut times = Vec::new();
     let mut loss_value = 0.0;
     let mut logits_kind = Kind::Float;
@@ -224,16 +224,17 @@ fn train_step(a: StepArgs) -> anyhow::Result<()> {
         }
     }
     let ours = median(times);
-    let peak = meter.interval_peak_mb();
+    let stats = cuda_stats(device).unwrap_or_default();
     println!(
-        "vpetl: {} batch {}, {:?} autocast (logits {:?}): {:.1} ms/step (median of {}), peak memory {:.0} MB, loss {:.4}",
+        "vpetl: {} batch {}, {:?} autocast (logits {:?}): {:.1} ms/step (median of {}), peak memory {:.0} MB allocated, {:.0} MB reserved, loss {:.4}",
         a.config.display(),
         a.batch,
         precision,
         logits_kind,
         ours * 1e3,
         a.steps,
-        peak,
+        stats.peak_allocated_mb,
+        stats.peak_reserved_mb,
         loss_value
     );
     if a.no_reference {

@@ -31,7 +31,7 @@ fn main() {
             work_dir: args.work_dir.clone(),
             resume,
             seed: args.seed,
-            stop_after_epochs: None,
+            ..Default::default()
         };
         let r = train(&node, &opts)?;
         println!(

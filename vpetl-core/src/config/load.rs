@@ -1,7 +1,9 @@
 //! Loading a config file with mmengine's semantics (DEVELOPERS: `reference/frameworks.md` §1.2):
 //!
 //! - `_base_: path` or `_base_: [a, b]`, relative to the file; bases load recursively;
-//! - sibling bases may not define the same top-level key;
+//! - sibling bases may not set the same value: their mappings merge (a model base and a method base
+//!   both under `model:`), but a key path that two siblings both set to a non-mapping is an error
+//!   naming both files (mmengine forbids any shared top-level key; this is the useful part of it);
 //! - the child merges into its bases: mappings merge recursively, scalars and lists replace, and a
 //!   mapping holding `_delete_: true` replaces the base mapping instead of merging into it;
 //! - `{{_base_.a.b}}` is the merged bases' value at `a.b` (the whole value when it stands alone,
@@ -144,19 +146,7 @@ fn load_recursive(
     for base_path in &bases {
         let base = load_recursive(base_path, Some(&origin), stack)?;
         let acc = merged.get_or_insert_with(|| Node::empty_map(base.origin.clone()));
-        for (k, v) in base.as_map().expect("checked above").iter().cloned() {
-            if let Some((_, first)) = owner_of_key.iter().find(|(key, _)| *key == k) {
-                return Err(ConfigError::new(format!(
-                    "key `{k}` is defined by two bases, {} and {}; sibling bases may not share top-level keys",
-                    first.display(),
-                    base_path.display()
-                ))
-                .in_file(origin.as_str())
-                .at_key(BASE_KEY));
-            }
-            owner_of_key.push((k.clone(), base_path.clone()));
-            acc.insert(&k, v);
-        }
+        merge_siblings(acc, &base, "", base_path, &mut owner_of_key).map_err(|e| e.in_file(origin.as_str()).at_key(BASE_KEY))?;
     }
     stack.pop();
 
@@ -168,6 +158,33 @@ fn load_recursive(
             Ok(base)
         }
     }
+}
+
+/// Merges a sibling base into the bases merged so far; a value both set is an error.
+fn merge_siblings(acc: &mut Node, base: &Node, prefix: &str, file: &Path, owners: &mut Vec<(String, PathBuf)>) -> Result<(), ConfigError> {
+    for (k, v) in base.as_map().into_iter().flatten() {
+        let key_path = join_path(prefix, k);
+        match acc.get_mut(k) {
+            Some(existing) if existing.as_map().is_some() && v.as_map().is_some() => {
+                merge_siblings(existing, v, &key_path, file, owners)?;
+            }
+            Some(_) => {
+                let first = owners
+                    .iter()
+                    .find(|(p, _)| *p == key_path || key_path.starts_with(&format!("{p}.")) || p.starts_with(&format!("{key_path}.")))
+                    .map_or_else(|| "an earlier base".to_string(), |(_, f)| f.display().to_string());
+                return Err(ConfigError::new(format!(
+                    "`{key_path}` is set by two bases, {first} and {}; sibling bases may share mappings but not values",
+                    file.display()
+                )));
+            }
+            None => {
+                owners.push((key_path, file.to_path_buf()));
+                acc.insert(k, v.clone());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn base_paths(b: &Node, path: &Path, origin: &Origin) -> Result<Vec<PathBuf>, ConfigError> {

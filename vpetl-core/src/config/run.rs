@@ -9,6 +9,8 @@ use serde::Deserialize;
 use super::{from_node, ConfigError, Node};
 use crate::data::loader::DataloaderSpec;
 use crate::engine::evaluator::EvaluatorSpec;
+use crate::engine::hooks::{DefaultHooks, HookSpec};
+use crate::engine::state::LoopKind;
 use crate::engine::optim::OptimizerSpec;
 use crate::engine::schedule::SchedulerSpec;
 use crate::model::ModelSpec;
@@ -42,8 +44,12 @@ pub struct RunConfig {
     pub param_scheduler: Option<Component<dyn SchedulerSpec>>,
     #[serde(default)]
     pub train_cfg: Option<TrainCfg>,
+    /// Hook slots over the defaults (timer, param_scheduler, memory, logger, evaluation, checkpoint).
     #[serde(default)]
     pub default_hooks: DefaultHooks,
+    /// Extra registered hooks.
+    #[serde(default)]
+    pub custom_hooks: Vec<Component<dyn HookSpec>>,
     #[serde(default)]
     pub loss: Loss,
     /// Weights (a training checkpoint or any supported file) loaded into the model before training.
@@ -96,55 +102,44 @@ fn one() -> u64 {
     1
 }
 
+/// The training loop (mmengine's `train_cfg`): epoch-based with `max_epochs`, or iteration-based
+/// with `max_iters` (`type: IterBasedTrainLoop` may be written too, as in mmengine).
 #[derive(Debug, Deserialize, Clone)]
 pub struct TrainCfg {
-    pub max_epochs: u64,
-    /// Evaluate every this many epochs (and after the last).
+    #[serde(default, rename = "type")]
+    pub loop_type: Option<LoopType>,
+    #[serde(default)]
+    pub max_epochs: Option<u64>,
+    #[serde(default)]
+    pub max_iters: Option<u64>,
+    /// Evaluate every this many epochs (iterations in an iteration loop), and after the last.
     #[serde(default = "one")]
     pub val_interval: u64,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+pub enum LoopType {
+    EpochBasedTrainLoop,
+    IterBasedTrainLoop,
+}
+
+impl TrainCfg {
+    pub fn loop_kind(&self) -> Result<LoopKind, String> {
+        match (self.loop_type, self.max_epochs, self.max_iters) {
+            (Some(LoopType::IterBasedTrainLoop) | None, None, Some(max_iters)) => Ok(LoopKind::Iters { max_iters }),
+            (Some(LoopType::EpochBasedTrainLoop) | None, Some(max_epochs), None) => Ok(LoopKind::Epochs { max_epochs }),
+            (_, Some(_), Some(_)) => Err("set either `max_epochs` (epoch loop) or `max_iters` (iteration loop), not both".into()),
+            (None, None, None) => Err("set `max_epochs` (epoch loop) or `max_iters` (iteration loop)".into()),
+            (Some(LoopType::IterBasedTrainLoop), _, None) => Err("`IterBasedTrainLoop` needs `max_iters`".into()),
+            (Some(LoopType::EpochBasedTrainLoop), None, _) => Err("`EpochBasedTrainLoop` needs `max_epochs`".into()),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Clone, Default)]
 #[serde(default)]
 pub struct Loss {
     pub label_smoothing: f64,
-}
-
-#[derive(Debug, Deserialize, Clone, Default)]
-#[serde(default)]
-pub struct DefaultHooks {
-    pub logger: LoggerHook,
-    pub checkpoint: CheckpointHook,
-}
-
-#[derive(Debug, Deserialize, Clone)]
-#[serde(default)]
-pub struct LoggerHook {
-    /// Log training scalars every this many iterations.
-    pub interval: u64,
-}
-
-impl Default for LoggerHook {
-    fn default() -> Self {
-        LoggerHook { interval: 10 }
-    }
-}
-
-#[derive(Debug, Deserialize, Clone)]
-#[serde(default)]
-pub struct CheckpointHook {
-    /// Save every this many epochs (and after the last).
-    pub interval: u64,
-    /// Keep this many epoch checkpoints (0 keeps all).
-    pub max_keep_ckpts: usize,
-    /// Also keep the checkpoint with the best headline metric as `best.safetensors`.
-    pub save_best: bool,
-}
-
-impl Default for CheckpointHook {
-    fn default() -> Self {
-        CheckpointHook { interval: 1, max_keep_ckpts: 3, save_best: true }
-    }
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -206,6 +201,10 @@ pub struct AutoScaleLr {
 impl RunConfig {
     /// Reads and checks the whole merged tree.
     pub fn from_node(node: &Node) -> Result<Self, ConfigError> {
-        from_node(node, "")
+        let cfg: RunConfig = from_node(node, "")?;
+        if let (Some(t), Some(n)) = (&cfg.train_cfg, node.get("train_cfg")) {
+            t.loop_kind().map_err(|m| ConfigError::new(m).at_key("train_cfg".to_string()).in_file(n.origin.as_str()))?;
+        }
+        Ok(cfg)
     }
 }

@@ -79,8 +79,8 @@ impl ProcessGroup {
         let base = check(base, || format!("rank {}: rendezvous at {}:{} failed", env.rank, env.master_addr, env.master_port), shim::last_error)?;
         // Our own key space, under torchrun's per-attempt prefix when its agent hosts the store.
         let prefix = match env.agent_store {
-            Some(attempt) => format!("/worker/attempt_{attempt}/vpetl/"),
-            None => "vpetl/".to_string(),
+            Some(attempt) => format!("/worker/attempt_{attempt}/vpetl"),
+            None => "vpetl".to_string(),
         };
         let p = cstring(&prefix);
         // SAFETY: `base` is a live store; the prefix store holds its own reference.
@@ -124,7 +124,7 @@ impl ProcessGroup {
     }
 
     fn work(&self, p: *mut c_void, what: &str) -> anyhow::Result<Work> {
-        let p = check(p, || format!("rank {}: {what}", self.rank), shim::last_error)?;
+        let p = check(p, || format!("rank {}: {what} failed to start", self.rank), shim::last_error)?;
         Ok(Work { ptr: p, rank: self.rank, timeout: self.timeout, what: what.to_string() })
     }
 

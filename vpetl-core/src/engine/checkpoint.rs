@@ -115,8 +115,9 @@ pub fn save_method_only(path: &Path, trained: &[(String, Tensor)], methods_json:
     write_atomic(path, &bytes)
 }
 
-pub fn epoch_path(work_dir: &Path, epoch: u64) -> PathBuf {
-    work_dir.join(format!("epoch_{epoch}.safetensors"))
+/// `epoch_<n>.safetensors` (epoch loop) or `iter_<n>.safetensors` (iteration loop).
+pub fn periodic_path(work_dir: &Path, by_epoch: bool, n: u64) -> PathBuf {
+    work_dir.join(format!("{}_{n}.safetensors", if by_epoch { "epoch" } else { "iter" }))
 }
 
 /// Records `path` as the newest checkpoint.
@@ -139,13 +140,14 @@ pub fn find_last(work_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
     Ok(Some(path))
 }
 
-/// Deletes epoch checkpoints beyond the newest `max_keep` (never the one `keep` names).
+/// Deletes periodic checkpoints beyond the newest `max_keep` (never the one `keep` names).
 pub fn prune(work_dir: &Path, max_keep: usize, keep: &Path) -> anyhow::Result<()> {
     let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(work_dir)?
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            let n = name.strip_prefix("epoch_")?.strip_suffix(".safetensors")?.parse().ok()?;
+            let stem = name.strip_suffix(".safetensors")?;
+            let n = stem.strip_prefix("epoch_").or_else(|| stem.strip_prefix("iter_"))?.parse().ok()?;
             Some((n, e.path()))
         })
         .collect();

@@ -1,8 +1,6 @@
-//! Peak memory for logs (`memory`, MB per logging interval) and results.json (`peak_memory_mb`).
-//!
-//! On CUDA: the caching allocator's peak allocated bytes (torch.cuda.max_memory_allocated, what
-//! mmengine logs), reset after each interval, and peak reserved bytes. On the CPU: the process's peak
-//! resident memory (VmHWM), which cannot be reset.
+//! CUDA memory from libtorch's caching allocator (what torch.cuda.max_memory_allocated and
+//! friends report), for the memory hook (`memory` in the logs, `peak_memory_mb` in results.json)
+//! and benchmarks. Off CUDA these return `None` and callers use the process's resident memory.
 
 use tch::Device;
 
@@ -18,7 +16,7 @@ pub struct MemoryStats {
 
 const MB: f64 = 1024.0 * 1024.0;
 
-/// The CUDA caching allocator's statistics of `device`, or `None` off CUDA.
+/// The caching allocator's statistics of `device`, or `None` off CUDA.
 pub fn cuda_stats(device: Device) -> Option<MemoryStats> {
     let Device::Cuda(index) = device else { return None };
     let mut out = [0i64; 4];
@@ -35,66 +33,18 @@ pub fn cuda_stats(device: Device) -> Option<MemoryStats> {
     })
 }
 
-/// Peak resident memory of this process in MB (VmHWM).
-pub fn host_peak_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
-        .map_or(0.0, |kb| kb / 1024.0)
+/// Starts a new peak (torch.cuda.reset_peak_memory_stats); nothing off CUDA.
+pub fn reset_cuda_peak(device: Device) {
+    if let Device::Cuda(index) = device {
+        // SAFETY: a plain call on a device index; a failure leaves the old peak, which only
+        // overstates the next sample.
+        unsafe { shim::vpetl_cuda_reset_peak_memory(index as i32) };
+    }
 }
 
-/// Tracks peak memory per logging interval and over the run.
-#[derive(Debug)]
-pub struct MemoryMeter {
-    device: Device,
-    run_peak_mb: f64,
-    run_peak_reserved_mb: f64,
-}
-
-impl MemoryMeter {
-    pub fn new(device: Device) -> Self {
-        let m = MemoryMeter { device, run_peak_mb: 0.0, run_peak_reserved_mb: 0.0 };
-        m.reset_peak();
-        m
-    }
-
-    fn reset_peak(&self) {
-        if let Device::Cuda(i) = self.device {
-            // SAFETY: a plain call on a device index.
-            unsafe { shim::vpetl_cuda_reset_peak_memory(i as i32) };
-        }
-    }
-
-    /// The peak (MB) since the last call, then starts a new interval.
-    pub fn interval_peak_mb(&mut self) -> f64 {
-        match cuda_stats(self.device) {
-            Some(s) => {
-                self.run_peak_mb = self.run_peak_mb.max(s.peak_allocated_mb);
-                self.run_peak_reserved_mb = self.run_peak_reserved_mb.max(s.peak_reserved_mb);
-                self.reset_peak();
-                s.peak_allocated_mb
-            }
-            None => {
-                let peak = host_peak_mb();
-                self.run_peak_mb = self.run_peak_mb.max(peak);
-                peak
-            }
-        }
-    }
-
-    /// The peak (MB) over the whole run, including the current interval.
-    pub fn run_peak_mb(&self) -> f64 {
-        match cuda_stats(self.device) {
-            Some(s) => self.run_peak_mb.max(s.peak_allocated_mb),
-            None => self.run_peak_mb.max(host_peak_mb()),
-        }
-    }
-
-    pub fn run_peak_reserved_mb(&self) -> f64 {
-        match cuda_stats(self.device) {
-            Some(s) => self.run_peak_reserved_mb.max(s.peak_reserved_mb),
-            None => 0.0,
-        }
-    }
+/// The peak allocated MB since the last reset, then resets it; `None` off CUDA.
+pub fn take_cuda_peak_mb(device: Device) -> Option<f64> {
+    let s = cuda_stats(device)?;
+    reset_cuda_peak(device);
+    Some(s.peak_allocated_mb)
 }

@@ -4,9 +4,11 @@
 pub mod amp;
 pub mod checkpoint;
 pub mod evaluator;
+pub mod hooks;
 pub mod memory;
 pub mod optim;
 pub mod parallel;
 pub mod results;
 pub mod runner;
 pub mod schedule;
+pub mod state;

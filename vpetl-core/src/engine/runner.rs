@@ -1,8 +1,7 @@
 //! The training and test loops.
 //!
-//! Determinism: the data order and augmentation come from `(seed, epoch, index)`, and libtorch's
-//! generator (dropout, drop path) is re-seeded from `(seed, epoch)` at the start of every epoch, so
-//! a run resumed from an epoch checkpoint continues exactly as the uninterrupted run (CPU).
+//! The loop runs the iterations and the evaluations; everything else (learning rate, timing,
+//! memory, logging, checkpoints) is a hook (`engine::hooks`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -11,19 +10,21 @@ use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 use tch::{nn, Device, Reduction, Tensor};
 
+use super::amp::Amp;
 use super::checkpoint::{self, Meta};
 use super::evaluator::Evaluator;
-use super::amp::Amp;
-use super::memory::MemoryMeter;
+use super::hooks::memory::peak_resident_mb;
+use super::hooks::Hooks;
 use super::optim::clip_grad_norm;
 use super::parallel::Parallel;
 use super::results::{ppt, Results};
+use super::state::{RunState, Validation, Window};
 use crate::backbones::ForwardOpts;
 use crate::checkpoint::load::{load_pretrained, PretrainedSpec};
 use crate::config::{Node, RunConfig};
 use crate::data::loader::Loader;
 use crate::data::sample_seed;
-use crate::logging::{Progress, ScalarLog, TrainScalars};
+use crate::logging::{Progress, ScalarLog};
 use crate::model::Model;
 use crate::workdir::{self, RunDirs};
 
@@ -42,6 +43,9 @@ pub struct TrainOptions {
     pub seed: Option<u64>,
     /// Stop after this many epochs of this invocation (for tests of resuming).
     pub stop_after_epochs: Option<u64>,
+    /// Stop after this many iterations of this invocation, even mid-epoch (tests of resuming an
+    /// iteration loop; the epoch's end-of-epoch work is not done).
+    pub stop_after_iters: Option<u64>,
 }
 
 /// A short stable hash of the merged config.
@@ -123,7 +127,8 @@ pub fn evaluate(model: &dyn Model, loader: &Loader, evaluator: &mut dyn Evaluato
         let labels = Tensor::cat(&kept.iter().map(|k| &k.1).collect::<Vec<_>>(), 0);
         let indices: Vec<usize> = kept.iter().flat_map(|k| k.2.iter().copied()).collect();
         let (rows, labels) = crate::dist::gather::gather_rows(g, &rows, &labels, &indices)?;
-        for (r, l) in rows.split(loader.batch_size() as i64, 0).iter().zip(labels.split(loader.batch_size() as i64, 0).iter()) {
+        let bs = loader.batch_size() as i64;
+        for (r, l) in rows.split(bs, 0).iter().zip(labels.split(bs, 0).iter()) {
             evaluator.process(r, l);
         }
     }
@@ -148,11 +153,11 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
     let hash = config_hash(&merged);
     let work_dir = workdir::resolve(opts.work_dir.as_deref(), cfg.work_dir.as_deref(), &opts.config_path);
     let mut parallel = Parallel::init(&cfg)?;
-    // Data parallel: rank 0 alone writes logs, checkpoints and results; the others report warnings.
+    // Data parallel: rank 0 alone writes logs, checkpoints and results; the others print warnings.
     let main = parallel.is_main();
     let dirs = if main { Some(RunDirs::create(&work_dir)?) } else { None };
     let logging = match &dirs {
-        Some(dirs) => crate::logging::init_with_file(cfg.log_level.as_str(), &dirs.log_file).map(|_| ()),
+        Some(dirs) => crate::logging::init_with_file(cfg.log_level.as_str(), &dirs.log_file),
         None => {
             crate::logging::init_console("warn");
             Ok(())
@@ -174,21 +179,22 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
         load_weights(&vs, model.as_ref(), path, &[])?;
     }
     let optim_cfg = cfg.optim_wrapper.as_ref().context("the config has no `optim_wrapper`")?;
-    let mut amp = Amp::from_config(optim_cfg, &vs, device)?;
+    let amp = Amp::from_config(optim_cfg, &vs, device)?;
     let train_spec = cfg.train_dataloader.as_ref().context("the config has no `train_dataloader`")?;
     let train_loader = parallel.shard(Loader::from_spec(train_spec, seed)?);
     let val_loader = cfg.val_dataloader.as_ref().map(|s| Loader::from_spec(s, seed).map(|l| parallel.shard(l))).transpose()?;
-    let mut evaluator = match (&cfg.val_evaluator, &val_loader) {
-        (Some(e), _) => Some(e.spec.build()),
+    let validation = match (&cfg.val_evaluator, val_loader) {
+        (Some(e), Some(loader)) => Some(Validation { loader, evaluator: e.spec.build() }),
         (None, Some(_)) => bail!("`val_dataloader` is set but `val_evaluator` is not"),
-        (None, None) => None,
+        (_, None) => None,
     };
     tracing::info!("train: {} ({} batches of {})", train_loader.dataset().describe(), train_loader.len(), train_loader.batch_size());
-    if let Some(v) = &val_loader {
-        tracing::info!("val: {}", v.dataset().describe());
+    if let Some(v) = &validation {
+        tracing::info!("val: {}", v.loader.dataset().describe());
     }
     let classes = train_loader.dataset().num_classes();
     let train_cfg = cfg.train_cfg.clone().context("the config has no `train_cfg`")?;
+    let loop_kind = train_cfg.loop_kind().map_err(anyhow::Error::msg)?;
     let mut trainable: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
     trainable.sort_by(|a, b| a.0.cmp(&b.0));
     if trainable.is_empty() {
@@ -196,9 +202,7 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
     }
     let base_lr = parallel.scale_lr(&cfg, optim_cfg.optimizer.spec.lr(), train_loader.batch_size())?;
     parallel.prepare(&cfg, &trainable)?;
-    let params: Vec<Tensor> = trainable.iter().map(|(_, t)| t.shallow_clone()).collect();
     let mut optimizer = optim_cfg.optimizer.spec.build(trainable.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect())?;
-    let scheduler = cfg.param_scheduler.as_ref().map(|s| &s.spec);
 
     let mut meta = Meta { config_hash: hash.clone(), seed, ..Default::default() };
     let resume_from = match &opts.resume {
@@ -220,143 +224,65 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
         })?;
         optimizer.load_state(&ck.optim, ck.meta.optimizer_steps)?;
         meta = Meta { config_hash: hash.clone(), ..ck.meta };
-        tracing::info!("resumed from {} after epoch {}", path.display(), meta.epoch);
+        tracing::info!("resumed from {} after epoch {}, iteration {}", path.display(), meta.epoch, meta.iter);
     }
 
-    let mut scalars = dirs.as_ref().map(|d| ScalarLog::open(&d.scalars_file)).transpose()?;
-    let mut memory = MemoryMeter::new(device);
-    let accum = optim_cfg.accumulative_counts.max(1);
-    let log_every = cfg.default_hooks.logger.interval.max(1);
-    let ck_cfg = &cfg.default_hooks.checkpoint;
-    let mut last_ck: Option<PathBuf> = checkpoint::find_last(&work_dir).ok().flatten();
-    let mut images_seen = 0u64;
-    let mut train_secs = 0f64;
-    let mut last_metrics: Vec<(String, f64)> = Vec::new();
-    let first_epoch = meta.epoch;
-    let stop_at = opts.stop_after_epochs.map_or(train_cfg.max_epochs, |n| (first_epoch + n).min(train_cfg.max_epochs));
-
-    for epoch in first_epoch..stop_at {
-        tch::manual_seed(sample_seed(seed, epoch, u64::MAX - 1) as i64);
-        let mut progress = Progress::new(&format!("epoch {}/{}", epoch + 1, train_cfg.max_epochs), train_loader.len() as u64);
-        let (mut window_loss, mut window_n) = (0f64, 0u64);
-        let mut t_last = Instant::now();
-        let mut data_time = 0f64;
-        let epoch_start = Instant::now();
-        let mut batches = train_loader.epoch(epoch, 0);
-        let total = batches.total();
-        for i in 0..total {
-            let t_data = Instant::now();
-            let batch = batches.next().context("the loader ended early")??;
-            data_time += t_data.elapsed().as_secs_f64();
-            let lr = scheduler.map_or(base_lr, |s| s.lr(base_lr, epoch, meta.iter));
-            let labels = batch.labels.to_device(device);
-            let loss = amp.autocast(|| {
-                let out = model.forward(&batch.images.to_device(device), ForwardOpts { train: true, collect_blocks: false });
-                out.logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, cfg.loss.label_smoothing)
-            })?;
-            let value = loss.double_value(&[]);
-            if !value.is_finite() {
-                bail!(
-                    "loss is {value} at epoch {}, iteration {} (global step {}); stopping. The last good checkpoint is {}",
-                    epoch + 1,
-                    i + 1,
-                    meta.iter + 1,
-                    last_ck.as_ref().map_or("none (none written yet)".to_string(), |p| p.display().to_string())
-                );
-            }
-            amp.backward(&loss, accum);
-            if (i as u64 + 1) % accum == 0 || i + 1 == total {
-                parallel.sync_grads(&params)?;
-                if amp.unscale(&params) {
-                    if let Some(c) = optim_cfg.clip_grad {
-                        clip_grad_norm(optimizer.params(), c.max_norm);
-                    }
-                    optimizer.step(lr);
-                }
-                optimizer.zero_grad();
-            }
-            // Throughput of the whole job: every rank runs as many samples per step.
-            images_seen += (batch.indices.len() * parallel.world_size()) as u64;
-            meta.iter += 1;
-            window_loss += value;
-            window_n += 1;
-            progress.inc(1);
-            if meta.iter % log_every == 0 || i + 1 == total {
-                let elapsed = t_last.elapsed().as_secs_f64();
-                let window_mean = parallel.mean(window_loss, window_n)?;
-                let s = TrainScalars {
-                    step: meta.iter,
-                    epoch: epoch + 1,
-                    iter: meta.iter,
-                    lr,
-                    loss: window_mean,
-                    time: elapsed / window_n as f64,
-                    data_time: data_time / window_n as f64,
-                    memory: memory.interval_peak_mb(),
-                };
-                tracing::info!("epoch {} iter {}/{}: lr {:.3e} loss {:.4} time {:.3}s", epoch + 1, i + 1, total, s.lr, s.loss, s.time);
-                if let Some(scalars) = scalars.as_mut() {
-                    scalars.write_train(&s)?;
-                }
-                (window_loss, window_n, data_time) = (0.0, 0, 0.0);
-                t_last = Instant::now();
-            }
-        }
-        drop(batches);
-        progress.finish();
-        train_secs += epoch_start.elapsed().as_secs_f64();
-        meta.epoch = epoch + 1;
-        meta.optimizer_steps = optimizer.state().1;
-        let last_epoch = meta.epoch == train_cfg.max_epochs;
-
-        let mut improved = false;
-        if let (Some(loader), Some(ev)) = (&val_loader, evaluator.as_mut()) {
-            if meta.epoch % train_cfg.val_interval.max(1) == 0 || last_epoch {
-                let metrics = evaluate(model.as_ref(), loader, ev.as_mut(), device)?;
-                tracing::info!(
-                    "epoch {} evaluation: {}",
-                    meta.epoch,
-                    metrics.iter().map(|(k, v)| format!("{k} {v:.2}")).collect::<Vec<_>>().join(", ")
-                );
-                if let Some(scalars) = scalars.as_mut() {
-                    scalars.write_eval(meta.epoch, &metrics)?;
-                }
-                if let Some((name, value)) = metrics.first().cloned() {
-                    let better = match &meta.best {
-                        None => true,
-                        Some((_, b, _)) => if ev.higher_is_better() { value > *b } else { value < *b },
-                    };
-                    if better {
-                        meta.best = Some((name, value, meta.epoch));
-                        improved = true;
-                    }
-                }
-                last_metrics = metrics;
-            }
-        }
-        if main && (meta.epoch % ck_cfg.interval.max(1) == 0 || last_epoch || improved) {
-            let params: Vec<(String, Tensor)> = trainable.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
-            let (state, _) = optimizer.state();
-            let path = checkpoint::epoch_path(&work_dir, meta.epoch);
-            checkpoint::save(&path, &params, &state, &meta)?;
-            checkpoint::set_last(&work_dir, &path)?;
-            if improved && ck_cfg.save_best {
-                checkpoint::save(&work_dir.join("best.safetensors"), &params, &state, &meta)?;
-            }
-            if ck_cfg.max_keep_ckpts > 0 {
-                checkpoint::prune(&work_dir, ck_cfg.max_keep_ckpts, &path)?;
-            }
-            last_ck = Some(path);
-        }
+    let mut hooks = Hooks::build(&cfg.default_hooks, &cfg.custom_hooks)?;
+    tracing::debug!("hooks: {}", hooks.names().join(", "));
+    let iters_per_epoch = train_loader.len() as u64;
+    if iters_per_epoch == 0 {
+        bail!("the training split has fewer samples than one batch (batch size {}, drop_last)", train_loader.batch_size());
     }
+    let mut run = RunState {
+        last_checkpoint: checkpoint::find_last(&work_dir).ok().flatten(),
+        work_dir: work_dir.clone(),
+        device,
+        model: model.as_ref(),
+        trainable,
+        optimizer,
+        scheduler: cfg.param_scheduler.as_ref().map(|s| s.spec.as_ref()),
+        base_lr,
+        lr: base_lr,
+        meta,
+        loop_kind,
+        val_interval: train_cfg.val_interval,
+        iters_per_epoch,
+        inner_iter: 0,
+        loss: f64::NAN,
+        window: Window::default(),
+        scalars: match &dirs {
+            Some(d) => ScalarLog::open(&d.scalars_file)?,
+            None => ScalarLog::disabled(),
+        },
+        validation,
+        last_metrics: Vec::new(),
+        improved: false,
+        images_seen: 0,
+        train_secs: 0.0,
+        peak_memory_mb: 0.0,
+    };
+    let stop_at_iter = opts.stop_after_iters.map(|n| run.meta.iter + n);
+    let mut step = TrainStep {
+        label_smoothing: cfg.loss.label_smoothing,
+        accum: optim_cfg.accumulative_counts.max(1),
+        clip: optim_cfg.clip_grad,
+        amp,
+        parallel: &parallel,
+        params: run.trainable.iter().map(|(_, t)| t.shallow_clone()).collect(),
+    };
+    let stop_after = opts.stop_after_epochs.map(|n| run.progress() + n);
+    hooks.before_run(&mut run)?;
+    while !run.finished() && stop_after.is_none_or(|s| run.progress() < s) && stop_at_iter.is_none_or(|s| run.meta.iter < s) {
+        run_epoch(&mut run, &mut hooks, &train_loader, &mut step, seed, stop_at_iter)?;
+    }
+    hooks.after_run(&mut run)?;
     let skipped = train_loader.skipped();
     if skipped > 0 {
-        let n = skipped;
-        tracing::warn!("{n} training sample(s) were skipped because they failed to load (skip_bad)");
+        tracing::warn!("{skipped} training sample(s) were skipped because they failed to load (skip_bad)");
     }
 
     let counts = model.param_counts();
-    let (metric_name, metric_value) = last_metrics.first().cloned().unwrap_or_else(|| ("none".into(), f64::NAN));
+    let (metric_name, metric_value) = run.last_metrics.first().cloned().unwrap_or_else(|| ("none".into(), f64::NAN));
     let method_params = counts.trainable_without_head();
     let results = Results {
         task: cfg.experiment.task.clone().unwrap_or_else(|| "cls".into()),
@@ -366,8 +292,8 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
         metric: super::results::Metric {
             name: metric_name,
             value: metric_value,
-            best: meta.best.as_ref().map(|b| b.1),
-            best_epoch: meta.best.as_ref().map(|b| b.2),
+            best: run.meta.best.as_ref().map(|b| b.1),
+            best_epoch: run.meta.best.as_ref().map(|b| b.2),
         },
         params: super::results::Params {
             trainable: counts.trainable,
@@ -377,10 +303,11 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
             method: method_params,
         },
         ppt: ppt(metric_value / 100.0, method_params),
-        peak_memory_mb: memory.run_peak_mb(),
-        train_images_per_s: if train_secs > 0.0 { images_seen as f64 / train_secs } else { 0.0 },
+        // The memory hook's peak on CUDA (the caching allocator's); the process's peak RSS on CPU.
+        peak_memory_mb: if device.is_cuda() { run.peak_memory_mb } else { peak_resident_mb() },
+        train_images_per_s: if run.train_secs > 0.0 { run.images_seen as f64 / run.train_secs } else { 0.0 },
         wall_s: started.elapsed().as_secs_f64(),
-        epochs: meta.epoch,
+        epochs: run.meta.epoch,
         seed,
         num_classes: classes,
         config_hash: hash,
@@ -393,8 +320,7 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
     let methods_json = node.lookup("model.methods").map_or_else(|| "[]".to_string(), |n| {
         serde_json::to_string(&n.to_yaml_value()).unwrap_or_else(|_| "[]".into())
     });
-    let trained: Vec<(String, Tensor)> = trainable.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
-    checkpoint::save_method_only(&work_dir.join("method.safetensors"), &trained, &methods_json)?;
+    checkpoint::save_method_only(&work_dir.join("method.safetensors"), &run.trainable, &methods_json)?;
     tracing::info!(
         "done: {} {:.2} (best {:.2}), {} trainable parameters (method {}), PPT {:.4}",
         results.metric.name,
@@ -405,6 +331,110 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
         results.ppt
     );
     Ok(results)
+}
+
+/// How one iteration updates the model.
+struct TrainStep<'a> {
+    label_smoothing: f64,
+    accum: u64,
+    clip: Option<crate::config::run::ClipGrad>,
+    /// Mixed precision (a pass-through without AmpOptimWrapper).
+    amp: Amp,
+    /// Data parallel (no-ops outside a job).
+    parallel: &'a Parallel,
+    /// The trainable tensors, for the gradient all-reduce and unscaling.
+    params: Vec<Tensor>,
+}
+
+/// One pass over the training split, or the rest of it when resuming mid-epoch; an iteration
+/// loop stops inside it at `max_iters`.
+///
+/// Determinism: the data order and augmentation come from `(seed, epoch, index)` and libtorch's
+/// generator (dropout, drop path) is re-seeded from `(seed, iteration)` before every iteration, so
+/// a run resumed from any checkpoint continues exactly as the uninterrupted run (CPU).
+fn run_epoch(run: &mut RunState, hooks: &mut Hooks, loader: &Loader, step: &mut TrainStep, seed: u64, stop_at_iter: Option<u64>) -> anyhow::Result<()> {
+    let epoch = run.meta.epoch;
+    let skip = run.meta.iter.saturating_sub(epoch * run.iters_per_epoch) as usize;
+    hooks.before_train_epoch(run)?;
+    let mut progress = Progress::new(&run.epoch_label(), run.iters_per_epoch);
+    progress.inc(skip as u64);
+    let mut batches = loader.epoch(epoch, skip);
+    let total = run.iters_per_epoch as usize;
+    for i in skip..total {
+        let batch = batches.next().context("the loader ended early")??;
+        run.inner_iter = i as u64;
+        run.improved = false;
+        hooks.before_train_iter(run)?;
+        tch::manual_seed(sample_seed(seed, epoch, u64::MAX - 1 - run.meta.iter) as i64);
+        let labels = batch.labels.to_device(run.device);
+        let loss = step.amp.autocast(|| {
+            let out = run.model.forward(&batch.images.to_device(run.device), ForwardOpts { train: true, collect_blocks: false });
+            out.logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, step.label_smoothing)
+        })?;
+        let value = loss.double_value(&[]);
+        if !value.is_finite() {
+            bail!(
+                "loss is {value} at epoch {}, iteration {} (global step {}); stopping. The last good checkpoint is {}",
+                epoch + 1,
+                i + 1,
+                run.meta.iter + 1,
+                run.last_checkpoint.as_ref().map_or("none (none written yet)".to_string(), |p| p.display().to_string())
+            );
+        }
+        step.amp.backward(&loss, step.accum);
+        if (i as u64 + 1) % step.accum == 0 || i + 1 == total {
+            step.parallel.sync_grads(&step.params)?;
+            if step.amp.unscale(&step.params) {
+                if let Some(c) = step.clip {
+                    clip_grad_norm(run.optimizer.params(), c.max_norm);
+                }
+                run.optimizer.step(run.lr);
+            }
+            run.optimizer.zero_grad();
+        }
+        // Throughput of the whole job: every rank runs as many samples per step.
+        run.images_seen += (batch.indices.len() * step.parallel.world_size()) as u64;
+        run.meta.iter += 1;
+        // The loss of the global batch (the mean over the ranks), as one process would log it.
+        run.loss = step.parallel.mean(value, 1)?;
+        progress.inc(1);
+        hooks.after_train_iter(run)?;
+        if !run.by_epoch() {
+            if run.every(run.val_interval) {
+                validate(run, hooks)?;
+            }
+            hooks.after_unit(run)?;
+            if run.finished() {
+                break;
+            }
+        }
+        if stop_at_iter.is_some_and(|s| run.meta.iter >= s) {
+            return Ok(());
+        }
+    }
+    drop(batches);
+    progress.finish();
+    if run.meta.iter >= (epoch + 1) * run.iters_per_epoch {
+        run.meta.epoch = epoch + 1;
+    }
+    run.meta.optimizer_steps = run.optimizer.state().1;
+    hooks.after_train_epoch(run)?;
+    if run.by_epoch() {
+        if run.every(run.val_interval) {
+            validate(run, hooks)?;
+        }
+        hooks.after_unit(run)?;
+    }
+    Ok(())
+}
+
+/// Evaluates on the validation split (when there is one) and calls the `after_val` hooks.
+fn validate(run: &mut RunState, hooks: &mut Hooks) -> anyhow::Result<()> {
+    let Some(v) = run.validation.as_mut() else {
+        return Ok(());
+    };
+    run.last_metrics = evaluate(run.model, &v.loader, v.evaluator.as_mut(), run.device)?;
+    hooks.after_val(run)
 }
 
 /// The `type`s of a list of components in the config (`LoRA+VPT-Deep`), or `linear-probe` for none.

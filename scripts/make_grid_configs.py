@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Writes the paper-grid configs: configs/{vtab,fgvc}/<method>/<task>.yaml for every image method.
+
+Each leaf only composes `_base_` pieces (model, dataset, schedule, runtime, method) and sets the
+learning rate and weight decay V-PETL's scripts use for that method and task
+(../shared/reference/upstream_spec.md §3.4 and §3.5). Methods are the files (and folders, for
+per-task settings such as NOAH's searched sub-networks) in configs/_base_/methods/.
+
+Usage: scripts/make_grid_configs.py          write the configs
+       scripts/make_grid_configs.py --check  exit 1 if any committed config differs (the tests run this)
+"""
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
+METHODS = CONFIGS / "_base_" / "methods"
+
+VTAB = [
+    "cifar100", "caltech101", "dtd", "oxford_flowers102", "oxford_iiit_pet", "svhn", "sun397",
+    "patch_camelyon", "eurosat", "resisc45", "diabetic_retinopathy", "clevr_count", "clevr_dist",
+    "dmlab", "kitti", "dsprites_loc", "dsprites_ori", "smallnorb_azi", "smallnorb_ele",
+]
+FGVC = ["CUB_200_2011", "nabirds", "OxfordFlower", "StanfordDogs", "StanfordCars"]
+
+# §3.4: the lr / wd list V-PETL's scripts share across methods (only cifar100 and caltech101 vary).
+VTAB_COMMON = {
+    "cifar100": (0.01, 1.0), "caltech101": (0.006, 0.35), "dtd": (0.0032, 0.04),
+    "oxford_flowers102": (0.05, 0.11), "oxford_iiit_pet": (0.0007, 0.8), "svhn": (0.001, 0.005),
+    "sun397": (0.0017, 0.01), "patch_camelyon": (0.0072, 0.002), "eurosat": (0.06, 0.001),
+    "resisc45": (0.01, 0.01), "diabetic_retinopathy": (0.004, 0.0003), "clevr_count": (0.0033, 0.01),
+    "clevr_dist": (0.0018, 0.005), "dmlab": (0.009, 0.1), "kitti": (0.0072, 0.0001),
+    "dsprites_loc": (0.003, 0.001), "dsprites_ori": (0.01, 0.05), "smallnorb_azi": (0.0062, 0.005),
+    "smallnorb_ele": (0.0011, 0.0005),
+}
+VTAB_OVERRIDES = {
+    "bitfit": {"cifar100": (3e-3, 1e-4), "caltech101": (0.006, 0.25)},
+    "linear_probe": {"cifar100": (1e-3, 1e-4)},
+    "ln_tune": {"cifar100": (0.008, 0.01), "caltech101": (0.005, 0.01)},
+    "lora": {"cifar100": (0.005, 0.005)},
+    "vpt_shallow": {"cifar100": (1e-3, 1e-4)},
+    "sct": {
+        "cifar100": (0.012, 0.6), "caltech101": (0.006, 0.25), "dtd": (0.003, 0.005),
+        "oxford_flowers102": (0.085, 0.07), "oxford_iiit_pet": (0.0005, 0.3), "svhn": (0.075, 0.03),
+        "sun397": (0.0015, 0.0001), "patch_camelyon": (0.0072, 0.002), "eurosat": (0.07, 0.001),
+        "resisc45": (0.01, 0.01), "diabetic_retinopathy": (0.003, 0.0001), "clevr_count": (0.0033, 0.01),
+        "clevr_dist": (0.002, 0.001), "dmlab": (0.007, 0.05), "kitti": (0.007, 0.005),
+        "dsprites_loc": (0.004, 0.001), "dsprites_ori": (0.005, 0.005), "smallnorb_azi": (0.008, 0.07),
+        "smallnorb_ele": (0.0013, 0.0001),
+    },
+    # Full FT: dtd is a sweep upstream; its first setting is used.
+    "full_finetune": {
+        "cifar100": (5e-4, 1e-1), "caltech101": (5e-4, 5e-3), "dtd": (1e-4, 5e-1),
+        "oxford_flowers102": (5e-3, 5e-5), "oxford_iiit_pet": (5e-3, 5e-5), "svhn": (1e-3, 6e-3),
+        "sun397": (2e-3, 1e-2), "patch_camelyon": (7e-3, 2e-3), "eurosat": (3e-3, 5e-2),
+        "resisc45": (1e-2, 1e-2), "diabetic_retinopathy": (4e-3, 3e-4), "clevr_count": (3e-3, 1e-2),
+        "clevr_dist": (2e-3, 5e-3), "dmlab": (9e-3, 1e-1), "kitti": (1e-2, 1e-4),
+        "dsprites_loc": (3e-3, 1e-3), "dsprites_ori": (1e-2, 5e-2), "smallnorb_azi": (6e-3, 5e-3),
+        "smallnorb_ele": (1e-3, 5e-4),
+    },
+}
+# §3.5: identical for every method.
+FGVC_LR_WD = {
+    "CUB_200_2011": (1e-3, 5e-2), "nabirds": (2e-4, 5e-2), "OxfordFlower": (1e-3, 5e-2),
+    "StanfordDogs": (2.5e-4, 5e-2), "StanfordCars": (2e-3, 5e-2),
+}
+# Settings a method changes in the shared bases (sibling bases may not set the same value, so these
+# go into the leaf): Full FT's schedule (§4.2).
+LEAF_EXTRA = {
+    "full_finetune": "param_scheduler: {lr_min: 1.0e-6, warmup_lr_init: 1.0e-4}",
+}
+# Methods defined on hierarchical backbones only (they refuse a ViT).
+NOT_ON_VIT = {"e3va"}
+
+
+def methods():
+    names = {p.stem for p in METHODS.glob("*.yaml")} | {p.name for p in METHODS.iterdir() if p.is_dir()}
+    return sorted(n for n in names if n not in NOT_ON_VIT)
+
+
+def fmt(x):
+    return repr(float(x)) if "e" not in repr(float(x)) else f"{x:.1e}".replace("e-0", "e-")
+
+
+def leaf(suite, method, task):
+    bases = ["../../_base_/models/vit_b16_in21k.yaml", f"../../_base_/datasets/{suite}/{task}.yaml",
+             f"../../_base_/schedules/vpetl_{suite}.yaml", "../../_base_/default_runtime.yaml"]
+    whole, per_task = METHODS / f"{method}.yaml", METHODS / method / f"{task}.yaml"
+    if whole.exists():
+        bases.append(f"../../_base_/methods/{method}.yaml")
+    if per_task.exists():
+        bases.append(f"../../_base_/methods/{method}/{task}.yaml")
+    elif not whole.exists():
+        return None  # a per-task method without settings for this task
+    if suite == "vtab":
+        lr, wd = VTAB_OVERRIDES.get(method, {}).get(task, VTAB_COMMON[task])
+        source = "upstream_spec.md §3.4"
+    else:
+        lr, wd = FGVC_LR_WD[task]
+        source = "upstream_spec.md §3.5"
+    lines = [f"# Generated by scripts/make_grid_configs.py: {method} on {suite} {task} (lr / wd: {source}).",
+             "_base_:"] + [f"  - {b}" for b in bases]
+    lines.append(f"optim_wrapper: {{optimizer: {{lr: {fmt(lr)}, weight_decay: {fmt(wd)}}}}}")
+    if method in LEAF_EXTRA:
+        lines.append(LEAF_EXTRA[method])
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    check = "--check" in sys.argv[1:]
+    stale = []
+    expected = set()
+    for suite, tasks in (("vtab", VTAB), ("fgvc", FGVC)):
+        for method in methods():
+            for task in tasks:
+                text = leaf(suite, method, task)
+                if text is None:
+                    continue
+                path = CONFIGS / suite / method / f"{task}.yaml"
+                expected.add(path)
+                if not path.exists() or path.read_text() != text:
+                    stale.append(path)
+                    if not check:
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        path.write_text(text)
+    extra = [p for suite in ("vtab", "fgvc") for p in (CONFIGS / suite).rglob("*.yaml") if p not in expected]
+    if check:
+        if stale or extra:
+            for p in stale:
+                print(f"out of date: {p.relative_to(ROOT)}")
+            for p in extra:
+                print(f"not generated (remove it or its method base is missing): {p.relative_to(ROOT)}")
+            print("run scripts/make_grid_configs.py")
+            sys.exit(1)
+        print(f"{len(expected)} grid configs up to date")
+    else:
+        for p in extra:
+            p.unlink()
+        print(f"{len(expected)} grid configs ({len(stale)} written, {len(extra)} removed)")
+
+
+if __name__ == "__main__":
+    main()
