@@ -128,7 +128,8 @@ impl ProcessGroup {
         Ok(Work { ptr: p, rank: self.rank, timeout: self.timeout, what: what.to_string() })
     }
 
-    /// Starts an in-place all-reduce of `tensors` (contiguous, on this group's device).
+    /// Starts an in-place all-reduce of `tensors` (contiguous, on this group's device). As in c10d,
+    /// several tensors mean one per device, all of one shape: pass one flat buffer.
     pub fn all_reduce_start(&self, tensors: &[&Tensor], op: ReduceOp) -> anyhow::Result<Work> {
         let raws: Vec<_> = tensors.iter().map(|t| raw(t)).collect();
         let code = match op {
@@ -156,7 +157,7 @@ impl ProcessGroup {
         Ok(outputs)
     }
 
-    /// Copies rank `root`'s tensors into every rank's (in place).
+    /// Copies rank `root`'s tensors into every rank's (in place; one per device, as all_reduce).
     pub fn broadcast(&self, tensors: &[&Tensor], root: usize) -> anyhow::Result<()> {
         let raws: Vec<_> = tensors.iter().map(|t| raw(t)).collect();
         // SAFETY: as for all_reduce.

@@ -69,8 +69,15 @@ impl Parallel {
     pub fn prepare(&mut self, cfg: &RunConfig, trainable: &[(String, Tensor)]) -> anyhow::Result<()> {
         let Some(g) = self.group else { return Ok(()) };
         let _guard = tch::no_grad_guard();
-        let tensors: Vec<&Tensor> = trainable.iter().map(|(_, t)| t).collect();
-        g.broadcast(&tensors, 0).context("broadcasting rank 0's initial trainable tensors")?;
+        // One flat buffer: c10d's multi-tensor collectives mean one tensor per device, of one shape.
+        let flat = Tensor::cat(&trainable.iter().map(|(_, t)| t.detach().to_kind(tch::Kind::Float).reshape([-1])).collect::<Vec<_>>(), 0);
+        g.broadcast(&[&flat], 0).context("broadcasting rank 0's initial trainable tensors")?;
+        let mut offset = 0i64;
+        for (_, t) in trainable {
+            let n = t.numel() as i64;
+            t.shallow_clone().copy_(&flat.narrow(0, offset, n).view_as(t).to_kind(t.kind()));
+            offset += n;
+        }
         let params: Vec<Tensor> = trainable.iter().map(|(_, t)| t.shallow_clone()).collect();
         let sync = GradSync::new(&params, cfg.env_cfg.dist_cfg.bucket_cap_mb);
         tracing::info!("data parallel over {} ranks: {} trainable tensors in {} gradient buckets", g.world_size, params.len(), sync.num_buckets());
