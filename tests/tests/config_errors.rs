@@ -42,7 +42,7 @@ fn unknown_top_level_key() {
     let msg = check(&[("run.yaml", "seed: 1\nwork_dri: out\n")], "run.yaml");
     assert_eq!(
         msg,
-        "run.yaml: work_dri: unknown top-level key `work_dri`; did you mean `work_dir`? (valid keys: custom_hooks, default_hooks, experiment, load_from, log_level, loss, model, optim_wrapper, param_scheduler, seed, test_dataloader, train_cfg, train_dataloader, val_dataloader, val_evaluator, work_dir)"
+        "run.yaml: work_dri: unknown top-level key `work_dri`; did you mean `work_dir`? (valid keys: auto_scale_lr, custom_hooks, default_hooks, env_cfg, experiment, load_from, log_level, loss, model, optim_wrapper, param_scheduler, seed, test_dataloader, train_cfg, train_dataloader, val_dataloader, val_evaluator, work_dir)"
     );
 }
 

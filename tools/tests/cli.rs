@@ -53,7 +53,7 @@ fn print_config_rejects_a_misspelt_key_with_file_key_and_suggestion() {
     assert_eq!(out, "");
     assert_eq!(
         err,
-        "error: bad.yaml: sed: unknown top-level key `sed`; did you mean `seed`? (valid keys: custom_hooks, default_hooks, experiment, load_from, log_level, loss, model, optim_wrapper, param_scheduler, seed, test_dataloader, train_cfg, train_dataloader, val_dataloader, val_evaluator, work_dir)\n"
+        "error: bad.yaml: sed: unknown top-level key `sed`; did you mean `seed`? (valid keys: auto_scale_lr, custom_hooks, default_hooks, env_cfg, experiment, load_from, log_level, loss, model, optim_wrapper, param_scheduler, seed, test_dataloader, train_cfg, train_dataloader, val_dataloader, val_evaluator, work_dir)\n"
     );
 }
 

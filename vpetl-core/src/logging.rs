@@ -53,7 +53,8 @@ pub struct TrainScalars {
 
 /// Appends JSON lines to `vis_data/scalars.json`; each line is flushed so a crash loses nothing.
 pub struct ScalarLog {
-    file: File,
+    /// `None`: a log that records nothing (data-parallel ranks other than 0).
+    file: Option<File>,
 }
 
 impl ScalarLog {
@@ -63,7 +64,12 @@ impl ScalarLog {
             .append(true)
             .open(path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        Ok(ScalarLog { file })
+        Ok(ScalarLog { file: Some(file) })
+    }
+
+    /// A log that writes nothing.
+    pub fn disabled() -> Self {
+        ScalarLog { file: None }
     }
 
     pub fn write_train(&mut self, s: &TrainScalars) -> anyhow::Result<()> {
@@ -81,10 +87,11 @@ impl ScalarLog {
     }
 
     fn write_line(&mut self, v: &serde_json::Value) -> anyhow::Result<()> {
+        let Some(file) = self.file.as_mut() else { return Ok(()) };
         let mut line = serde_json::to_string(v)?;
         line.push('\n');
-        self.file.write_all(line.as_bytes())?;
-        self.file.flush()?;
+        file.write_all(line.as_bytes())?;
+        file.flush()?;
         Ok(())
     }
 }

@@ -51,7 +51,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let x = x.to_kind(tch::Kind::Float);
     model.backbone().check_input(&x.size()).with_context(|| format!("input from {}", args.input.display()))?;
-    let out = tch::no_grad(|| model.forward(&x, ForwardOpts { train: false, collect_blocks: args.features }));
+    // Inference mode (torch.inference_mode): the outputs are only written out, never trained on.
+    let out = vpetl_core::inference::inference_mode(|| model.forward(&x, ForwardOpts { train: false, collect_blocks: args.features }));
     let mut named: Vec<(String, Tensor)> = vec![("logits".into(), out.logits)];
     if args.features {
         named.push(("pooled".into(), out.features.pooled));

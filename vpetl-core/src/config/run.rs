@@ -55,6 +55,12 @@ pub struct RunConfig {
     /// Weights (a training checkpoint or any supported file) loaded into the model before training.
     #[serde(default)]
     pub load_from: Option<PathBuf>,
+    /// Process-level settings: data-parallel backend and timeout.
+    #[serde(default)]
+    pub env_cfg: EnvCfg,
+    /// Scale the learning rate by the total batch (all ranks) over `base_batch_size` when enabled.
+    #[serde(default)]
+    pub auto_scale_lr: AutoScaleLr,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -73,6 +79,18 @@ pub struct OptimWrapper {
     /// Accumulate gradients over this many iterations per update.
     #[serde(default = "one")]
     pub accumulative_counts: u64,
+    /// `OptimWrapper` (the default) or `AmpOptimWrapper` (mixed precision, see `engine::amp`).
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    /// AmpOptimWrapper: the autocast dtype, `bfloat16` (the default) or `float16`.
+    #[serde(default)]
+    pub dtype: Option<String>,
+    /// AmpOptimWrapper with float16: a fixed loss scale; unset, the scale is dynamic.
+    #[serde(default)]
+    pub loss_scale: Option<f64>,
+    /// Store the frozen tensors (the backbone) in this dtype (`bfloat16`); trainable ones stay fp32.
+    #[serde(default)]
+    pub frozen_dtype: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy)]
@@ -145,6 +163,39 @@ impl LogLevel {
             LogLevel::Error => "error",
         }
     }
+}
+
+/// mmengine's `env_cfg`.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(default)]
+pub struct EnvCfg {
+    pub dist_cfg: DistCfg,
+}
+
+/// mmengine's `env_cfg.dist_cfg`, read when the process was started by a launcher (`dist::env`).
+#[derive(Debug, Deserialize, Clone)]
+#[serde(default)]
+pub struct DistCfg {
+    /// `gloo` or `nccl`; unset: NCCL on CUDA, Gloo on the CPU.
+    pub backend: Option<String>,
+    /// Seconds a rank waits for the others (rendezvous, every collective) before it fails.
+    pub timeout: f64,
+    /// Gradient all-reduce bucket size (DDP's `bucket_cap_mb`).
+    pub bucket_cap_mb: f64,
+}
+
+impl Default for DistCfg {
+    fn default() -> Self {
+        DistCfg { backend: None, timeout: 1800.0, bucket_cap_mb: 25.0 }
+    }
+}
+
+/// mmengine's `auto_scale_lr`: lr × (batch_size × world size) / base_batch_size when enabled.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(default)]
+pub struct AutoScaleLr {
+    pub enable: bool,
+    pub base_batch_size: Option<usize>,
 }
 
 impl RunConfig {

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use tch::Tensor;
 
 use super::{sample_seed, Dataset, DatasetSpec};
+use crate::dist::Shard;
 use crate::registry::Component;
 
 /// A data loader as configured (`train_dataloader:` and friends, mmengine's names).
@@ -72,6 +73,8 @@ pub struct Loader {
     spec: Settings,
     seed: u64,
     skipped: Arc<AtomicUsize>,
+    /// This rank's part of every epoch in data-parallel runs (`dist::Shard`).
+    shard: Option<Shard>,
 }
 
 impl Loader {
@@ -96,7 +99,7 @@ impl Loader {
         if dataset.is_empty() {
             anyhow::bail!("{} has no samples", dataset.describe());
         }
-        Ok(Loader { dataset, spec, seed, skipped: Arc::new(AtomicUsize::new(0)) })
+        Ok(Loader { dataset, spec, seed, skipped: Arc::new(AtomicUsize::new(0)), shard: None })
     }
 
     pub fn dataset(&self) -> &Arc<dyn Dataset> {
@@ -107,9 +110,26 @@ impl Loader {
         self.spec.batch_size
     }
 
+    /// Makes this loader yield one rank's part of each epoch (DistributedSampler's semantics: the
+    /// same number of batches on every rank, padding by wrapping around unless `drop_last`).
+    pub fn shard(mut self, shard: Shard) -> Self {
+        self.shard = Some(shard);
+        self
+    }
+
+    pub fn is_sharded(&self) -> bool {
+        self.shard.is_some()
+    }
+
+    /// Samples per epoch (of this rank, when sharded).
+    fn samples(&self) -> usize {
+        let n = self.dataset.len();
+        self.shard.map_or(n, |s| s.per_rank(n, self.spec.drop_last))
+    }
+
     /// Batches per epoch.
     pub fn len(&self) -> usize {
-        let n = self.dataset.len();
+        let n = self.samples();
         if self.spec.drop_last {
             n / self.spec.batch_size
         } else {
@@ -126,11 +146,14 @@ impl Loader {
         self.skipped.load(Ordering::Relaxed)
     }
 
-    /// The sample order of an epoch.
+    /// The sample order of an epoch (this rank's part, when sharded).
     pub fn order(&self, epoch: u64) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.dataset.len()).collect();
         if self.spec.shuffle {
             order.shuffle(&mut ChaCha8Rng::seed_from_u64(sample_seed(self.seed, epoch, u64::MAX)));
+        }
+        if let Some(shard) = self.shard {
+            order = shard.select(&order, self.spec.drop_last);
         }
         let n = self.len() * self.spec.batch_size;
         order.truncate(n.min(order.len()));

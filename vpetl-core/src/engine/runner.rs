@@ -10,11 +10,13 @@ use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 use tch::{nn, Device, Reduction, Tensor};
 
+use super::amp::Amp;
 use super::checkpoint::{self, Meta};
 use super::evaluator::Evaluator;
 use super::hooks::memory::peak_resident_mb;
 use super::hooks::Hooks;
 use super::optim::clip_grad_norm;
+use super::parallel::Parallel;
 use super::results::{ppt, Results};
 use super::state::{RunState, Validation, Window};
 use crate::backbones::ForwardOpts;
@@ -104,18 +106,35 @@ pub fn load_weights(vs: &nn::VarStore, model: &dyn Model, path: &Path, allow_sha
     Ok(())
 }
 
-/// Runs the evaluator over a loader.
+/// Runs the evaluator over a loader, in inference mode (its outputs never feed training). A sharded
+/// loader (data parallel) evaluates this rank's part; the outputs of all ranks are then gathered so
+/// that every rank's evaluator sees the whole split in order.
 pub fn evaluate(model: &dyn Model, loader: &Loader, evaluator: &mut dyn Evaluator, device: Device) -> anyhow::Result<Vec<(String, f64)>> {
     evaluator.reset();
-    let _guard = tch::no_grad_guard();
+    let _guard = crate::inference::InferenceMode::enter();
+    let group = crate::dist::current().filter(|_| loader.is_sharded());
+    let mut kept: Vec<(Tensor, Tensor, Vec<usize>)> = Vec::new();
     let mut progress = Progress::new("evaluate", loader.len() as u64);
     for batch in loader.epoch(0, 0) {
         let batch = batch?;
         let out = model.forward(&batch.images.to_device(device), ForwardOpts { train: false, collect_blocks: false });
-        evaluator.process(&out.logits, &batch.labels);
+        match group {
+            None => evaluator.process(&out.logits, &batch.labels),
+            Some(_) => kept.push((out.logits, batch.labels, batch.indices)),
+        }
         progress.inc(1);
     }
     progress.finish();
+    if let Some(g) = group {
+        let rows = Tensor::cat(&kept.iter().map(|k| &k.0).collect::<Vec<_>>(), 0);
+        let labels = Tensor::cat(&kept.iter().map(|k| &k.1).collect::<Vec<_>>(), 0);
+        let indices: Vec<usize> = kept.iter().flat_map(|k| k.2.iter().copied()).collect();
+        let (rows, labels) = crate::dist::gather::gather_rows(g, &rows, &labels, &indices)?;
+        let bs = loader.batch_size() as i64;
+        for (r, l) in rows.split(bs, 0).iter().zip(labels.split(bs, 0).iter()) {
+            evaluator.process(r, l);
+        }
+    }
     Ok(evaluator.compute())
 }
 
@@ -136,23 +155,37 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
     let merged = node.to_yaml_string();
     let hash = config_hash(&merged);
     let work_dir = workdir::resolve(opts.work_dir.as_deref(), cfg.work_dir.as_deref(), &opts.config_path);
-    let dirs = RunDirs::create(&work_dir)?;
-    if crate::logging::init_with_file(cfg.log_level.as_str(), &dirs.log_file).is_err() {
+    let mut parallel = Parallel::init(&cfg)?;
+    // Data parallel: rank 0 alone writes logs, checkpoints and results; the others print warnings.
+    let main = parallel.is_main();
+    let dirs = if main { Some(RunDirs::create(&work_dir)?) } else { None };
+    let logging = match &dirs {
+        Some(dirs) => crate::logging::init_with_file(cfg.log_level.as_str(), &dirs.log_file),
+        None => {
+            crate::logging::init_console("warn");
+            Ok(())
+        }
+    };
+    if logging.is_err() {
         tracing::debug!("logging was set up before; this run logs to the existing subscriber");
     }
-    dirs.dump_config(&opts.config_path, &merged)?;
+    if let Some(dirs) = &dirs {
+        dirs.dump_config(&opts.config_path, &merged)?;
+    }
     tracing::info!("work dir {}, config hash {hash}", work_dir.display());
 
     let seed = opts.seed.or(cfg.seed).unwrap_or(42);
     tch::manual_seed(seed as i64);
-    let device = crate::runtime::default_device();
+    let device = parallel.device();
     let (vs, model) = build_model(&cfg, device)?;
     if let Some(path) = &cfg.load_from {
         load_weights(&vs, model.as_ref(), path, &[])?;
     }
+    let optim_cfg = cfg.optim_wrapper.as_ref().context("the config has no `optim_wrapper`")?;
+    let amp = Amp::from_config(optim_cfg, &vs, device)?;
     let train_spec = cfg.train_dataloader.as_ref().context("the config has no `train_dataloader`")?;
-    let train_loader = Loader::from_spec(train_spec, seed)?;
-    let val_loader = cfg.val_dataloader.as_ref().map(|s| Loader::from_spec(s, seed)).transpose()?;
+    let train_loader = parallel.shard(Loader::from_spec(train_spec, seed)?);
+    let val_loader = cfg.val_dataloader.as_ref().map(|s| Loader::from_spec(s, seed).map(|l| parallel.shard(l))).transpose()?;
     let validation = match (&cfg.val_evaluator, val_loader) {
         (Some(e), Some(loader)) => Some(Validation { loader, evaluator: e.spec.build() }),
         (None, Some(_)) => bail!("`val_dataloader` is set but `val_evaluator` is not"),
@@ -165,13 +198,13 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
     let classes = train_loader.dataset().num_classes();
     let train_cfg = cfg.train_cfg.clone().context("the config has no `train_cfg`")?;
     let loop_kind = train_cfg.loop_kind().map_err(anyhow::Error::msg)?;
-    let optim_cfg = cfg.optim_wrapper.as_ref().context("the config has no `optim_wrapper`")?;
     let mut trainable: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
     trainable.sort_by(|a, b| a.0.cmp(&b.0));
     if trainable.is_empty() {
         bail!("nothing to train: no variable requires a gradient");
     }
-    let base_lr = optim_cfg.optimizer.spec.lr();
+    let base_lr = parallel.scale_lr(&cfg, optim_cfg.optimizer.spec.lr(), train_loader.batch_size())?;
+    parallel.prepare(&cfg, &trainable)?;
     let mut optimizer = optim_cfg.optimizer.spec.build(trainable.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect())?;
 
     let mut meta = Meta { config_hash: hash.clone(), seed, ..Default::default() };
@@ -224,20 +257,31 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
         inner_iter: 0,
         loss: f64::NAN,
         window: Window::default(),
-        scalars: ScalarLog::open(&dirs.scalars_file)?,
+        scalars: match &dirs {
+            Some(d) => ScalarLog::open(&d.scalars_file)?,
+            None => ScalarLog::disabled(),
+        },
         validation,
         last_metrics: Vec::new(),
         improved: false,
         images_seen: 0,
         train_secs: 0.0,
         prepared,
+        peak_memory_mb: 0.0,
     };
     let stop_at_iter = opts.stop_after_iters.map(|n| run.meta.iter + n);
-    let step = TrainStep { label_smoothing: cfg.loss.label_smoothing, accum: optim_cfg.accumulative_counts.max(1), clip: optim_cfg.clip_grad };
+    let mut step = TrainStep {
+        label_smoothing: cfg.loss.label_smoothing,
+        accum: optim_cfg.accumulative_counts.max(1),
+        clip: optim_cfg.clip_grad,
+        amp,
+        parallel: &parallel,
+        params: run.trainable.iter().map(|(_, t)| t.shallow_clone()).collect(),
+    };
     let stop_after = opts.stop_after_epochs.map(|n| run.progress() + n);
     hooks.before_run(&mut run)?;
     while !run.finished() && stop_after.is_none_or(|s| run.progress() < s) && stop_at_iter.is_none_or(|s| run.meta.iter < s) {
-        run_epoch(&mut run, &mut hooks, &train_loader, &step, seed, stop_at_iter)?;
+        run_epoch(&mut run, &mut hooks, &train_loader, &mut step, seed, stop_at_iter)?;
     }
     hooks.after_run(&mut run)?;
     let skipped = train_loader.skipped();
@@ -267,7 +311,8 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
             method: method_params,
         },
         ppt: ppt(metric_value / 100.0, method_params),
-        peak_memory_mb: peak_resident_mb(),
+        // The memory hook's peak on CUDA (the caching allocator's); the process's peak RSS on CPU.
+        peak_memory_mb: if device.is_cuda() { run.peak_memory_mb } else { peak_resident_mb() },
         train_images_per_s: if run.train_secs > 0.0 { run.images_seen as f64 / run.train_secs } else { 0.0 },
         wall_s: started.elapsed().as_secs_f64(),
         epochs: run.meta.epoch,
@@ -276,6 +321,9 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
         config_hash: hash,
         git_revision: git_revision(),
     };
+    if !main {
+        return Ok(results);
+    }
     results.write(&work_dir.join("results.json"))?;
     let methods_json = node.lookup("model.methods").map_or_else(|| "[]".to_string(), |n| {
         serde_json::to_string(&n.to_yaml_value()).unwrap_or_else(|_| "[]".into())
@@ -294,10 +342,16 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
 }
 
 /// How one iteration updates the model.
-struct TrainStep {
+struct TrainStep<'a> {
     label_smoothing: f64,
     accum: u64,
     clip: Option<crate::config::run::ClipGrad>,
+    /// Mixed precision (a pass-through without AmpOptimWrapper).
+    amp: Amp,
+    /// Data parallel (no-ops outside a job).
+    parallel: &'a Parallel,
+    /// The trainable tensors, for the gradient all-reduce and unscaling.
+    params: Vec<Tensor>,
 }
 
 /// One pass over the training split, or the rest of it when resuming mid-epoch; an iteration
@@ -306,7 +360,7 @@ struct TrainStep {
 /// Determinism: the data order and augmentation come from `(seed, epoch, index)` and libtorch's
 /// generator (dropout, drop path) is re-seeded from `(seed, iteration)` before every iteration, so
 /// a run resumed from any checkpoint continues exactly as the uninterrupted run (CPU).
-fn run_epoch(run: &mut RunState, hooks: &mut Hooks, loader: &Loader, step: &TrainStep, seed: u64, stop_at_iter: Option<u64>) -> anyhow::Result<()> {
+fn run_epoch(run: &mut RunState, hooks: &mut Hooks, loader: &Loader, step: &mut TrainStep, seed: u64, stop_at_iter: Option<u64>) -> anyhow::Result<()> {
     let epoch = run.meta.epoch;
     let skip = run.meta.iter.saturating_sub(epoch * run.iters_per_epoch) as usize;
     hooks.before_train_epoch(run)?;
@@ -320,9 +374,11 @@ fn run_epoch(run: &mut RunState, hooks: &mut Hooks, loader: &Loader, step: &Trai
         run.improved = false;
         hooks.before_train_iter(run)?;
         tch::manual_seed(sample_seed(seed, epoch, u64::MAX - 1 - run.meta.iter) as i64);
-        let out = run.model.forward(&batch.images.to_device(run.device), ForwardOpts { train: true, collect_blocks: false });
         let labels = batch.labels.to_device(run.device);
-        let loss = out.logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, step.label_smoothing);
+        let loss = step.amp.autocast(|| {
+            let out = run.model.forward(&batch.images.to_device(run.device), ForwardOpts { train: true, collect_blocks: false });
+            out.logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, step.label_smoothing)
+        })?;
         let value = loss.double_value(&[]);
         if !value.is_finite() {
             bail!(
@@ -333,17 +389,22 @@ fn run_epoch(run: &mut RunState, hooks: &mut Hooks, loader: &Loader, step: &Trai
                 run.last_checkpoint.as_ref().map_or("none (none written yet)".to_string(), |p| p.display().to_string())
             );
         }
-        (loss / step.accum as f64).backward();
+        step.amp.backward(&loss, step.accum);
         if (i as u64 + 1) % step.accum == 0 || i + 1 == total {
-            if let Some(c) = step.clip {
-                clip_grad_norm(run.optimizer.params(), c.max_norm);
+            step.parallel.sync_grads(&step.params)?;
+            if step.amp.unscale(&step.params) {
+                if let Some(c) = step.clip {
+                    clip_grad_norm(run.optimizer.params(), c.max_norm);
+                }
+                run.optimizer.step(run.lr);
             }
-            run.optimizer.step(run.lr);
             run.optimizer.zero_grad();
         }
-        run.images_seen += batch.indices.len() as u64;
+        // Throughput of the whole job: every rank runs as many samples per step.
+        run.images_seen += (batch.indices.len() * step.parallel.world_size()) as u64;
         run.meta.iter += 1;
-        run.loss = value;
+        // The loss of the global batch (the mean over the ranks), as one process would log it.
+        run.loss = step.parallel.mean(value, 1)?;
         progress.inc(1);
         hooks.after_train_iter(run)?;
         if !run.by_epoch() {

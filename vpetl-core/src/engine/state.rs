@@ -70,6 +70,8 @@ pub struct RunState<'a> {
     pub train_secs: f64,
     /// Results of the methods' prepare steps (selected channels, masks), saved in checkpoints.
     pub prepared: Vec<(String, Tensor)>,
+    /// Peak memory (MB) over the run so far, as the memory hook measures it.
+    pub peak_memory_mb: f64,
 }
 
 impl RunState<'_> {

@@ -22,7 +22,8 @@ fn ours(case: &Case, warmup: usize, repeats: usize) -> anyhow::Result<f64> {
     let backbone = case.spec.build(vs.root())?;
     let hooks = Hooks::new(backbone.sites());
     let x = Tensor::randn([case.batch, 3, 224, 224], (Kind::Float, Device::Cpu));
-    let _guard = tch::no_grad_guard();
+    // As the timm side runs under torch.inference_mode().
+    let _guard = vpetl_core::inference::InferenceMode::enter();
     Ok(median(time_runs(warmup, repeats, || {
         let out = backbone.forward(&x, &hooks, ForwardOpts::default());
         let _ = out.pooled.sum(Kind::Float).double_value(&[]);

@@ -5,6 +5,7 @@
 //! - `train-step`: a training step per method against timm + the method in plain PyTorch;
 //! - `pipeline`: JPEG input pipeline against a torchvision DataLoader;
 //! - `merge`: inference latency of re-parameterisable methods merged against unmerged;
+//! - `gpu-step`: the GPU check's training step (autocast, NCCL all-reduce, peak CUDA memory) against timm;
 //! - `train-memory`: peak memory of training steps with given methods (side networks' saving);
 //! - `all`: the CPU tables of BENCHMARKS.md (and the GPU one with `--gpu`).
 //!
@@ -12,6 +13,7 @@
 //! the runner that builds and runs it as BENCHMARKS.md records.
 mod backbones;
 mod gpu_mem;
+mod gpu_step;
 mod merge;
 mod models;
 mod pipeline;
@@ -58,6 +60,8 @@ enum What {
     Pipeline(pipeline::PipelineOpts),
     /// Inference latency of re-parameterisable methods, merged against unmerged.
     Merge(merge::MergeOpts),
+    /// The GPU check's training step (scripts/gpu-check.sh) against timm + PyTorch.
+    GpuStep(gpu_step::GpuStepOpts),
     /// Peak memory of training steps with the given methods (one configuration per process).
     TrainMemory(train_memory::TrainMemoryOpts),
     /// Every CPU table: training steps on ViT-S/16 and the quickstart model, the pipeline, merging
@@ -86,6 +90,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let tables: Vec<Table> = match args.what {
         What::StepOurs(o) => return train_step::ours(&o),
         What::TrainMemory(o) => return train_memory::run(&o),
+        What::GpuStep(o) => return gpu_step::run(&o),
         What::Backbones { warmup, repeats } => vec![backbones::run(warmup, repeats, threads)?],
         What::TrainStep(o) => vec![train_step::run(&o, threads)?],
         What::Pipeline(o) => vec![pipeline::run(&o)?],

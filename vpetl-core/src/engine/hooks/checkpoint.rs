@@ -39,7 +39,8 @@ struct Checkpoint {
 
 impl Checkpoint {
     fn maybe_save(&self, run: &mut RunState) -> anyhow::Result<()> {
-        if !(run.every(self.spec.interval) || run.improved) {
+        // Data parallel: every rank holds the same tensors; rank 0 alone writes them.
+        if !(run.every(self.spec.interval) || run.improved) || !crate::dist::is_main() {
             return Ok(());
         }
         run.meta.optimizer_steps = run.optimizer.state().1;

@@ -1,5 +1,6 @@
-//! `MemoryHook`: peak memory per logging window. On CPU the process's resident set (sampled after
-//! every iteration); the logger empties the window.
+//! `MemoryHook`: peak memory per logging window and over the run. On CUDA the caching allocator's
+//! peak allocated bytes (torch.cuda.max_memory_allocated, reset after each sample); on CPU the
+//! process's resident set (sampled after every iteration). The logger empties the window.
 
 use serde::Deserialize;
 
@@ -41,8 +42,14 @@ impl Hook for Memory {
     fn priority(&self) -> i32 {
         priority::ABOVE_NORMAL
     }
+    fn before_run(&mut self, run: &mut RunState) -> anyhow::Result<()> {
+        crate::engine::memory::reset_cuda_peak(run.device);
+        Ok(())
+    }
     fn after_train_iter(&mut self, run: &mut RunState) -> anyhow::Result<()> {
-        run.window.memory_mb = run.window.memory_mb.max(resident_mb());
+        let mb = crate::engine::memory::take_cuda_peak_mb(run.device).unwrap_or_else(resident_mb);
+        run.window.memory_mb = run.window.memory_mb.max(mb);
+        run.peak_memory_mb = run.peak_memory_mb.max(mb);
         Ok(())
     }
 }

@@ -1,0 +1,104 @@
+//! Compiles the C++ shim (`csrc/`) against libtorch's headers, as torch-sys compiles its own C++.
+//!
+//! - `csrc/shim.cpp` -> a static library linked into every binary (c10d with Gloo, InferenceMode,
+//!   autocast's dtype, CUDA memory statistics); it needs only libtorch_cpu and c10.
+//! - `csrc/cuda_shim.cpp` -> `libvpetl_cuda_shim.so`, linked against libtorch_cuda and loaded at run
+//!   time (ProcessGroupNCCL), so the binaries still start without CUDA. It is built when the libtorch
+//!   has CUDA and the CUDA, CUDA-crt and NCCL headers of the `nvidia` pip packages are there (the
+//!   torch wheel brings all but `nvidia-cuda-crt`; scripts/requirements.txt adds it), or
+//!   `VPETL_CUDA_INCLUDE` (a `:`-separated list) names them; it is copied next to the binaries.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-changed=csrc");
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-env-changed=VPETL_CUDA_INCLUDE");
+    let libtorch = PathBuf::from(env::var("LIBTORCH").expect(
+        "LIBTORCH is not set: run scripts/setup, which writes it into .cargo/config.toml",
+    ));
+    let abi = env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    let includes = [
+        libtorch.join("include"),
+        libtorch.join("include/torch/csrc/api/include"),
+        PathBuf::from("csrc/third_party/gloo"),
+    ];
+    let lib_dir = libtorch.join("lib");
+
+    let mut build = cc::Build::new();
+    build.cpp(true);
+    // The CUDA shim compiles on another thread meanwhile (both translation units are slow).
+    let cuda = {
+        let (build, libtorch, includes, abi) = (build.clone(), libtorch.clone(), includes.clone(), abi.clone());
+        std::thread::spawn(move || build_cuda_shim(&build, &libtorch, &includes, &abi))
+    };
+    build
+        .file("csrc/shim.cpp")
+        .includes(&includes)
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .flag_if_supported("-Wno-unused-parameter")
+        .flag_if_supported("-Wno-deprecated-declarations")
+        .warnings(false);
+    build.compile("vpetl_shim");
+    println!("cargo:rustc-link-search=native={}", lib_dir.display());
+    println!("cargo:rustc-link-lib=dylib=torch_cpu");
+    println!("cargo:rustc-link-lib=dylib=c10");
+
+    cuda.join().expect("the CUDA shim build panicked");
+}
+
+fn build_cuda_shim(build: &cc::Build, libtorch: &Path, includes: &[PathBuf], abi: &str) {
+    let lib_dir = libtorch.join("lib");
+    let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
+    let target = out_dir.join("libvpetl_cuda_shim.so");
+    let _ = std::fs::remove_file(&target);
+    if !lib_dir.join("libtorch_cuda.so").exists() {
+        println!("cargo:warning=libtorch has no CUDA: the NCCL backend is not built");
+        return;
+    }
+    let cuda_includes: Vec<PathBuf> = match env::var("VPETL_CUDA_INCLUDE") {
+        Ok(list) => env::split_paths(&list).collect(),
+        Err(_) => {
+            // The wheel's CUDA and NCCL headers: site-packages/nvidia/<pkg>/include.
+            let nvidia = libtorch.parent().map(|p| p.join("nvidia")).unwrap_or_default();
+            let mut dirs: Vec<PathBuf> = std::fs::read_dir(&nvidia)
+                .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path().join("include")).filter(|p| p.is_dir()).collect())
+                .unwrap_or_default();
+            dirs.sort();
+            dirs
+        }
+    };
+    let has = |h: &str| cuda_includes.iter().any(|d| d.join(h).exists());
+    if !has("cuda_runtime_api.h") || !has("crt/host_config.h") || !has("nccl.h") {
+        println!("cargo:warning=no CUDA (with crt/) and NCCL headers found (pip install nvidia-cuda-crt, or set VPETL_CUDA_INCLUDE): the NCCL backend is not built");
+        return;
+    }
+    let compiler = build.get_compiler();
+    let mut cmd = Command::new(compiler.path());
+    cmd.args(["-shared", "-fPIC", "-O2", "-std=c++17"])
+        .arg(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .arg("-DGLOG_USE_GLOG_EXPORT")
+        .arg("-w");
+    for dir in includes.iter().chain(&cuda_includes) {
+        cmd.arg("-I").arg(dir);
+    }
+    cmd.arg("csrc/cuda_shim.cpp")
+        .arg("-o")
+        .arg(&target)
+        .arg(format!("-L{}", lib_dir.display()))
+        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+        .args(["-Wl,--no-as-needed", "-ltorch_cuda", "-lc10_cuda", "-ltorch_cpu", "-lc10"]);
+    let status = cmd.status().expect("cannot run the C++ compiler");
+    if !status.success() {
+        panic!("compiling csrc/cuda_shim.cpp failed: {cmd:?}");
+    }
+    // Next to the binaries (target/<profile>/), where vpetl_core::shim looks first; OUT_DIR is
+    // target/<profile>/build/<crate>-<hash>/out.
+    if let Some(profile_dir) = out_dir.ancestors().nth(3) {
+        let _ = std::fs::copy(&target, profile_dir.join("libvpetl_cuda_shim.so"));
+    }
+}
