@@ -159,14 +159,13 @@ fn panel_plot(area: &Area, runs: &[Run], key: &str) -> anyhow::Result<()> {
         }
         let color = category(i);
         let style = color.stroke_width(2);
-        let single = s.len() == 1;
         chart
             .draw_series(LineSeries::new(s.clone(), style))
             .map_err(draw_err)?
             .label(run.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
         // Evaluation keys are logged a few times only: mark the points.
-        if single || s.len() <= 30 {
+        if s.len() <= 30 {
             chart.draw_series(s.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(draw_err)?;
         }
     }
