@@ -68,9 +68,11 @@ FGVC_LR_WD = {
     "StanfordDogs": (2.5e-4, 5e-2), "StanfordCars": (2e-3, 5e-2),
 }
 # Settings a method changes in the shared bases (sibling bases may not set the same value, so these
-# go into the leaf): Full FT's schedule (§4.2).
+# go into the leaf): Full FT's schedule (§4.2), GPS's optimiser.
 LEAF_EXTRA = {
     "full_finetune": {"param_scheduler": {"lr_min": 1e-6, "warmup_lr_init": 1e-4}},
+    # GPS trains with Adam, no weight decay.
+    "gps": {"optim_wrapper": {"optimizer": {"weight_decay": 0.0}}},
 }
 # Methods defined on hierarchical backbones only (they refuse a ViT).
 NOT_ON_VIT = {"e3va"}

@@ -43,7 +43,7 @@ fn sizes_must_match_the_depth() {
 #[test]
 fn every_vtab_task_has_its_released_sub_network() {
     let expected = [
-        ("cifar", 320_330),
+        ("cifar100", 320_330),
         ("caltech101", 426_313),
         ("dtd", 287_298),
         ("oxford_flowers102", 386_367),
