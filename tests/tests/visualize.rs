@@ -126,10 +126,11 @@ fn tsne_keeps_separated_clusters_apart() {
     assert_eq!(points.len(), 120);
     let agreement = nearest_neighbour_agreement(&points, &labels);
     assert!(agreement >= 0.95, "1-NN label agreement {agreement}");
-    // The same seed gives the same embedding.
+    // bhtsne sums its gradient on parallel threads, so a second run with the same seed is not
+    // bit-identical (a CI run saw points move by 5.7): it must separate the clusters as well.
     let again = embed(&data, 12, &opts).unwrap();
-    let max_move = points.iter().zip(&again).map(|(a, b)| (a[0] - b[0]).abs().max((a[1] - b[1]).abs())).fold(0.0, f32::max);
-    assert!(max_move < 1e-3, "seeded t-SNE moved by {max_move}");
+    let agreement = nearest_neighbour_agreement(&again, &labels);
+    assert!(agreement >= 0.95, "second run: 1-NN label agreement {agreement}");
     // The measure fails for labels unrelated to the clusters.
     let shuffled: Vec<i64> = (0..120).map(|i| (i % 3) as i64).collect();
     let chance = nearest_neighbour_agreement(&points, &shuffled);
