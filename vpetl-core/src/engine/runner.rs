@@ -231,7 +231,8 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
         tracing::info!("resumed from {} after epoch {}, iteration {}", path.display(), meta.epoch, meta.iter);
     }
 
-    super::prepare::run_missing(model.as_ref(), &vs, &super::prepare::LoaderData::new(&train_loader, model.as_ref(), device, "prepare"))?;
+    let prepare_data = super::prepare::LoaderData::new(&train_loader, model.as_ref(), device, "prepare").with_origin(train_spec, seed).with_vars(&vs);
+    super::prepare::run_missing(model.as_ref(), &vs, &prepare_data)?;
     let prepared = super::prepare::results(model.as_ref())?;
 
     let mut hooks = Hooks::build(&cfg.default_hooks, &cfg.custom_hooks)?;

@@ -30,6 +30,7 @@ pub mod lorand;
 pub mod lst;
 pub mod mona;
 pub mod noah;
+pub mod noah_search;
 pub mod partial;
 pub mod prefix_tuning;
 pub mod repadapter;
@@ -138,6 +139,14 @@ pub trait PrepareData {
     fn forward(&self, images: &Tensor, train: bool) -> crate::model::ModelOutput;
     /// Reports progress: `done` of `total` units of work.
     fn progress(&self, done: u64, total: u64);
+    /// The model's trainable variables (methods and head), for steps that train (NOAH's supernet).
+    fn parameters(&self) -> Vec<(String, Tensor)>;
+    /// The same data pipeline over another split of the training dataset (its config's `split`
+    /// replaced), shuffled when `shuffle`: NOAH's search trains and ranks on splits of its own.
+    fn split(&self, split: &str, shuffle: bool) -> anyhow::Result<Box<dyn PrepareData + '_>> {
+        let _ = shuffle;
+        anyhow::bail!("this training data cannot be re-read as split `{split}`")
+    }
 }
 
 /// Folding a method into the backbone's own weights (names without `backbone.`).
