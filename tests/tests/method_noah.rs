@@ -111,6 +111,9 @@ fn search_chooses_a_legal_sub_network_deterministically() {
     assert!(params(&chosen) <= limit, "{chosen:?} has {} parameters", params(&chosen));
     let result: std::collections::BTreeMap<String, tch::Tensor> = prepared(&b).into_iter().collect();
     assert_eq!(result["methods.noah.params"].int64_value(&[]), params(&chosen));
+    // Reports count the chosen sub-network, not the supernet's allocation.
+    assert_eq!(vpetl_core::engine::prepare::effective_counts(b.model.as_ref()).trainable_without_head(), params(&chosen));
+    assert!(b.model.param_counts().trainable_without_head() > params(&chosen));
     assert_eq!(arch(&build(TINY_VIT, &search(&format!(", param_limit: {limit}")))), chosen, "the search is not deterministic");
     let failed = std::panic::catch_unwind(|| build(TINY_VIT, &search(", param_limit: 10"))).err().expect("a search with no legal candidate");
     let err = failed.downcast_ref::<String>().cloned().unwrap_or_default();

@@ -22,6 +22,7 @@ use crate::data::loader::{DataloaderSpec, Loader};
 use crate::data::DatasetSpec;
 use crate::registry::Component;
 use crate::logging::Progress;
+use crate::methods::trainability::ParamCounts;
 use crate::methods::PrepareData;
 use crate::model::{Model, ModelOutput};
 
@@ -146,6 +147,9 @@ pub fn run_missing(model: &dyn Model, vs: &nn::VarStore, data: &dyn PrepareData)
         let result: BTreeMap<String, Tensor> = result.into_iter().collect();
         step.apply(&result).with_context(|| format!("{name}: its own prepare result"))?;
         tracing::info!("{name}: prepared in {:.1}s ({} result tensors)", started.elapsed().as_secs_f64(), result.len());
+        if step.unused_params() > 0 {
+            tracing::info!("{name}: {} allocated parameters lie outside the prepared model and do not count", step.unused_params());
+        }
     }
     tch::no_grad(|| {
         for (_, mut v) in vs.variables() {
@@ -155,6 +159,24 @@ pub fn run_missing(model: &dyn Model, vs: &nn::VarStore, data: &dyn PrepareData)
         }
     });
     Ok(())
+}
+
+/// The model's parameter counts without what its prepared steps leave unused (a searched
+/// sub-network's slices of the supernet's allocation), for reports.
+pub fn effective_counts(model: &dyn Model) -> ParamCounts {
+    let mut counts = model.param_counts().clone();
+    for (name, step) in model.prepare_steps() {
+        let unused = step.unused_params();
+        if unused > 0 {
+            counts.trainable -= unused;
+            counts.total -= unused;
+            if let Some((t, n)) = counts.per_module.get_mut(name) {
+                *t -= unused;
+                *n -= unused;
+            }
+        }
+    }
+    counts
 }
 
 /// Every step's current result, named `methods.<name>.<key>` (for checkpoints).

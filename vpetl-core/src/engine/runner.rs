@@ -290,7 +290,7 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
         tracing::warn!("{skipped} training sample(s) were skipped because they failed to load (skip_bad)");
     }
 
-    let counts = model.param_counts();
+    let counts = &super::prepare::effective_counts(model.as_ref());
     let (metric_name, metric_value) = run.last_metrics.first().cloned().unwrap_or_else(|| ("none".into(), f64::NAN));
     let method_params = counts.trainable_without_head();
     let results = Results {

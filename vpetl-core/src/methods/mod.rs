@@ -122,6 +122,11 @@ pub trait Prepare {
     fn is_ready(&self) -> bool;
     /// The installed result (what [`Prepare::run`] returned, or what was applied).
     fn result(&self) -> anyhow::Result<Vec<(String, Tensor)>>;
+    /// Trainable parameters the prepared model leaves unused (NOAH's search allocates the widest
+    /// sub-network and slices): reports count only what trains.
+    fn unused_params(&self) -> i64 {
+        0
+    }
 }
 
 /// What a prepare step sees: the training batches (in a fixed order) and the model.

@@ -424,6 +424,11 @@ impl Prepare for Search {
         Ok(())
     }
 
+    fn unused_params(&self) -> i64 {
+        let guard = self.arch.read().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().map_or(0, |chosen| arch_params(&self.allocated, &self.widths) - arch_params(chosen, &self.widths))
+    }
+
     fn is_ready(&self) -> bool {
         self.arch.read().unwrap_or_else(|e| e.into_inner()).is_some()
     }
