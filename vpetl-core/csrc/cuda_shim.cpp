@@ -1,42 +1,22 @@
 // The CUDA half of the shim, built as its own shared library (libvpetl_cuda_shim.so) that links
 // libtorch_cuda: the binaries load it with dlopen only when the CUDA backend loaded, so they still
 // start where libtorch has no CUDA. It binds ProcessGroupNCCL, whose header needs the CUDA and NCCL
-// headers. Same conventions as shim.cpp (exceptions become a status and a per-thread message).
+// headers. Same conventions as shim.cpp (`guarded.h`).
 
 #define USE_C10D_NCCL 1
 
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 
+#include "guarded.h"
+
 #include <chrono>
 #include <string>
 
-namespace {
-
-thread_local std::string last_error;
-
-template <typename F>
-int guarded(F&& f) {
-  try {
-    f();
-    return 0;
-  } catch (const std::exception& e) {
-    last_error = e.what();
-  } catch (...) {
-    last_error = "unknown C++ exception";
-  }
-  return 1;
-}
-
-}  // namespace
+using vpetl::guarded;
 
 extern "C" {
 
-const char* vpetl_cuda_last_error() {
-  static thread_local std::string shown;
-  auto end = last_error.find("\nException raised from");
-  shown = end == std::string::npos ? last_error : last_error.substr(0, end);
-  return shown.c_str();
-}
+const char* vpetl_cuda_last_error() { return vpetl::shown_last_error(); }
 
 // `store` is a `c10::intrusive_ptr<c10d::Store>*` from vpetl_tcp_store_new.
 void* vpetl_nccl_new(void* store, int rank, int size, int64_t timeout_ms) {

@@ -16,6 +16,8 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include "guarded.h"
+
 #include <chrono>
 #include <cstring>
 #include <string>
@@ -23,26 +25,7 @@
 
 namespace {
 
-thread_local std::string last_error;
-
-template <typename F>
-int guarded(F&& f) {
-  try {
-    f();
-    return 0;
-  } catch (const std::exception& e) {
-    last_error = e.what();
-  } catch (...) {
-    last_error = "unknown C++ exception";
-  }
-  return 1;
-}
-
-// The first line of a c10 error (the rest is a C++ backtrace that means nothing to a user).
-std::string first_lines(const std::string& s) {
-  auto end = s.find("\nException raised from");
-  return end == std::string::npos ? s : s.substr(0, end);
-}
+using vpetl::guarded;
 
 using StorePtr = c10::intrusive_ptr<c10d::Store>;
 using BackendPtr = c10::intrusive_ptr<c10d::Backend>;
@@ -59,11 +42,7 @@ std::vector<at::Tensor> tensors_of(at::Tensor** ts, int n) {
 
 extern "C" {
 
-const char* vpetl_last_error() {
-  static thread_local std::string shown;
-  shown = first_lines(last_error);
-  return shown.c_str();
-}
+const char* vpetl_last_error() { return vpetl::shown_last_error(); }
 
 // ---- c10d store ------------------------------------------------------------------------------
 
