@@ -206,3 +206,24 @@ fn bad_options_are_errors() {
     let err = build_error(TINY_SWIN, HST);
     assert!(err.contains("HST: needs a plain ViT's per-block tokens sites"), "{err}");
 }
+
+#[test]
+fn running_statistics_stay_float32_under_mixed_precision() {
+    let b = build(TINY_VIT, HST);
+    let _serial = serial();
+    let cast = vpetl_core::engine::amp::cast_frozen(&b.vs, Kind::BFloat16);
+    assert!(cast > 0);
+    let vars = b.vs.variables();
+    assert_eq!(vars["backbone.blocks.0.attn.qkv.weight"].kind(), Kind::BFloat16);
+    for name in BUFFERS {
+        assert_eq!(vars[name].kind(), Kind::Float, "`{name}` was cast with the frozen weights");
+    }
+    let before = vars[BUFFERS[0]].copy();
+    let out = {
+        let _ac = vpetl_core::engine::amp::Autocast::enter(Device::Cpu, Kind::BFloat16).unwrap();
+        b.model.forward(&input(), ForwardOpts { train: true, collect_blocks: false })
+    };
+    assert!(bool::try_from(out.logits.isfinite().all()).unwrap());
+    assert_eq!(vars[BUFFERS[0]].kind(), Kind::Float);
+    assert!(!vars[BUFFERS[0]].equal(&before), "the running mean did not update under autocast");
+}

@@ -1,4 +1,4 @@
-//! Plumbing shared by the side-network methods (DTL, LST, LAST, SNF): the per-block tokens sites,
+//! Plumbing shared by the side-network methods (DTL, LST, LAST, SNF, HST): the per-block tokens sites,
 //! a slot that carries the side state from hook to hook within one forward pass, `nn.Linear`'s
 //! default initialisation, and the hook that hands the side network's feature to the head.
 //!
@@ -6,7 +6,8 @@
 //! gradient ever flows into the frozen backbone from it, and the backbone's own computation records
 //! no graph when nothing inside it trains (its parameters do not require gradients, so autograd
 //! keeps none of its activations; only the side network's are kept). The methods' tests check that
-//! the backbone's activations do not require gradients.
+//! the backbone's activations do not require gradients. (HST is the exception by design: it trains
+//! the ViT's norms and meta tokens, so it reads the backbone without taps.)
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
