@@ -171,6 +171,14 @@ fn running_statistics_go_through_checkpoints_and_resuming() {
         let init = if name.ends_with("mean") { t.zeros_like() } else { t.ones_like() };
         assert!(!t.equal(&init), "`{name}` never updated");
     }
+    // Every saved tensor moved between the epochs; of the backbone, only the blocks' norms are saved.
+    let first = checkpoint::load(&a.join("epoch_1.safetensors")).unwrap();
+    let norms: Vec<String> = (0..2).flat_map(|i| ["norm1", "norm2"].into_iter().flat_map(move |n| ["weight", "bias"].map(|p| format!("backbone.blocks.{i}.{n}.{p}")))).collect();
+    for (k, t) in &ck.params {
+        assert!(!k.starts_with("backbone.") || norms.contains(k), "frozen `{k}` was saved");
+        assert!(!t.equal(&first.params[k]), "`{k}` did not move between epochs 1 and 2");
+    }
+    assert_eq!(ck.params.keys().filter(|k| k.starts_with("backbone.")).count(), 8);
     // The method-only file carries them; loading it restores them into a fresh model, and the test
     // split evaluates as from the checkpoint.
     let method_only = a.join("method.safetensors");
