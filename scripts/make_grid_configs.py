@@ -73,6 +73,8 @@ LEAF_EXTRA = {
     "full_finetune": {"param_scheduler": {"lr_min": 1e-6, "warmup_lr_init": 1e-4}},
     # GPS trains with Adam, no weight decay.
     "gps": {"optim_wrapper": {"optimizer": {"weight_decay": 0.0}}},
+    # NOAH's retraining recipe (configs/NOAH/VTAB/subnet/slurm_retrain_vtab.sh).
+    "noah_search": {"optim_wrapper": {"optimizer": {"lr": 1e-3, "weight_decay": 1e-4}}},
 }
 # Methods with their own per-task recipe: (lr, weight decay, drop path) by task. HST's official
 # scripts (missing_methods.md §12, AFeng-x/HST train_scripts/vit/{vtab,fgvc}); its drop path is the
@@ -90,6 +92,8 @@ OWN_RECIPE = {
         "StanfordCars": (5e-3, 5e-2, 0.0), "StanfordDogs": (5e-3, 5e-2, 0.0),
     },
 }
+# Methods defined for one suite only (NOAH's search reads VTAB's train800 and val200 splits).
+ONLY_SUITE = {"noah_search": "vtab"}
 # Methods defined on hierarchical backbones only (they refuse a ViT).
 NOT_ON_VIT = {"e3va"}
 
@@ -111,6 +115,8 @@ def deep_merge(a, b):
 def leaf(suite, method, task):
     bases = ["../../_base_/models/vit_b16_in21k.yaml", f"../../_base_/datasets/{suite}/{task}.yaml",
              f"../../_base_/schedules/vpetl_{suite}.yaml", "../../_base_/default_runtime.yaml"]
+    if ONLY_SUITE.get(method, suite) != suite:
+        return None
     whole, per_task = METHODS / f"{method}.yaml", METHODS / method / f"{task}.yaml"
     if whole.exists():
         bases.append(f"../../_base_/methods/{method}.yaml")

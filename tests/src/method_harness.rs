@@ -60,7 +60,7 @@ fn build_unlocked(backbone: &str, methods: &str) -> Built {
     let vs = nn::VarStore::new(Device::Cpu);
     let model = cfg.model.unwrap().spec.build(&vs).unwrap_or_else(|e| panic!("{e:#}"));
     if !model.prepare_steps().is_empty() {
-        let data = SyntheticData::new(model.as_ref(), 0);
+        let data = SyntheticData { vs: Some(&vs), ..SyntheticData::new(model.as_ref(), 0) };
         vpetl_core::engine::prepare::run_missing(model.as_ref(), &vs, &data).unwrap_or_else(|e| panic!("{e:#}"));
     }
     Built { vs, model }
@@ -70,6 +70,8 @@ fn build_unlocked(backbone: &str, methods: &str) -> Built {
 /// re-seeding libtorch's generator with `seed`, labels cycling through the classes.
 pub struct SyntheticData<'a> {
     model: &'a dyn Model,
+    /// The model's variables, for steps that train (none unless set).
+    pub vs: Option<&'a nn::VarStore>,
     pub images: Vec<Tensor>,
     pub labels: Vec<Tensor>,
 }
@@ -79,7 +81,7 @@ impl<'a> SyntheticData<'a> {
         tch::manual_seed(seed);
         let g = Tensor::randn([12, 3, 32, 32], (Kind::Float, Device::Cpu));
         let labels = Tensor::arange(12, (Kind::Int64, Device::Cpu)).remainder(NUM_CLASSES);
-        SyntheticData { model, images: g.chunk(3, 0), labels: labels.chunk(3, 0) }
+        SyntheticData { model, vs: None, images: g.chunk(3, 0), labels: labels.chunk(3, 0) }
     }
 }
 
@@ -97,6 +99,9 @@ impl vpetl_core::methods::PrepareData for SyntheticData<'_> {
         self.model.forward(images, ForwardOpts { train, collect_blocks: false })
     }
     fn progress(&self, _: u64, _: u64) {}
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.vs.map(vpetl_core::engine::prepare::trainable_variables).unwrap_or_default()
+    }
 }
 
 /// Every prepare result of a built model, named `methods.<name>.<key>`.
@@ -104,7 +109,14 @@ pub fn prepared(b: &Built) -> Vec<(String, Tensor)> {
     vpetl_core::engine::prepare::results(b.model.as_ref()).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// Two random 32 px images, drawn under the generator's lock (a test's draws must not interleave
+/// with another test's seeded initialisation).
 pub fn input() -> Tensor {
+    let _serial = serial();
+    input_unlocked()
+}
+
+fn input_unlocked() -> Tensor {
     Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu))
 }
 
@@ -134,7 +146,7 @@ pub fn assert_noop_at_init(backbone: &str, methods: &str) {
     let with = build_unlocked(backbone, methods);
     let plain = build_unlocked(backbone, "[]");
     copy_shared(&with.vs, &plain.vs);
-    let x = input();
+    let x = input_unlocked();
     let d = tch::no_grad(|| max_diff(&logits(&with, &x), &logits(&plain, &x)));
     assert!(d <= 1e-6, "output at initialisation differs from the frozen backbone: max |Δ| = {d:e}");
 }
@@ -149,7 +161,7 @@ fn loss(b: &Built, x: &Tensor, train: bool) -> Tensor {
 pub fn assert_gradients_on_trainable_only(backbone: &str, methods: &str) {
     let _serial = serial();
     let b = build_unlocked(backbone, methods);
-    let x = input();
+    let x = input_unlocked();
     let vars = b.vs.variables();
     // One plain SGD step so that factors initialised at zero have moved.
     loss(&b, &x, false).backward();
@@ -216,7 +228,7 @@ pub fn assert_merge_matches(backbone: &str, methods: &str) {
             }
         }
     });
-    let x = input();
+    let x = input_unlocked();
     let d = tch::no_grad(|| max_diff(&logits(&with, &x), &logits(&plain, &x)));
     assert!(d <= 1e-5, "merged and unmerged outputs differ: max |Δ| = {d:e}");
 }
@@ -228,7 +240,7 @@ pub fn assert_matches_pytorch_reference(backbone_json: &str, backbone: &str, met
     let b = build_unlocked(backbone, methods);
     randomize_methods(&b.vs);
     let dir = tempfile::tempdir().unwrap();
-    let x = input();
+    let x = input_unlocked();
     let mut named: Vec<(String, Tensor)> = b.vs.variables().into_iter().map(|(k, v)| (k, v.detach().contiguous())).collect();
     named.extend(prepared(&b).into_iter().map(|(k, t)| (format!("prepared.{k}"), t.contiguous())));
     Tensor::write_safetensors(&named, dir.path().join("weights.safetensors")).unwrap();

@@ -81,4 +81,9 @@ fn grid_cells_carry_vpetls_settings() {
     assert_eq!(num(&cars, "model.head.num_classes"), 196.0);
     let dogs = cell("fgvc", "bitfit", "StanfordDogs");
     assert_eq!(num(&dogs, "optim_wrapper.optimizer.lr"), 2.5e-4);
+    // NOAH's own search: VTAB only (it reads train800 and val200), retrained with NOAH's recipe.
+    let search = cell("vtab", "noah_search", "dmlab");
+    assert_eq!(search.lookup("model.methods.0.prepare").and_then(|n| n.as_str()), Some("search"));
+    assert_eq!(num(&search, "optim_wrapper.optimizer.lr"), 1e-3);
+    assert!(!configs_dir().join("fgvc/noah_search").exists());
 }

@@ -89,3 +89,13 @@ fn gps_selection_is_saved_and_restored() {
     assert_eq!(names.len(), 8, "{names:?}");
     assert!(names.contains(&"methods.gps.blocks.1.mlp.fc2.index".to_string()), "{names:?}");
 }
+
+#[test]
+fn noah_search_result_is_saved_and_restored() {
+    // The supernet trains on train800 and candidates are ranked on val200 (the defaults).
+    let names = round_trip(
+        "[{type: NOAH, prepare: search, search: {prompt: [1, 2], lora: [1], adapter: [2], depth: [1, 2], supernet: {epochs: 1, warmup_epochs: 0}, \
+         generations: 1, population: 3, select: 2, mutations: 1, crossovers: 1}}]",
+    );
+    assert_eq!(names, ["methods.noah.arch.adapter", "methods.noah.arch.lora", "methods.noah.arch.prompt", "methods.noah.params", "methods.noah.val_top1"]);
+}

@@ -218,7 +218,6 @@ fn bad_options_are_errors() {
 #[test]
 fn running_statistics_stay_float32_under_mixed_precision() {
     let b = build(TINY_VIT, HST);
-    let _serial = serial();
     let cast = vpetl_core::engine::amp::cast_frozen(&b.vs, Kind::BFloat16);
     assert!(cast > 0);
     let vars = b.vs.variables();

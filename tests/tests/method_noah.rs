@@ -76,3 +76,80 @@ fn every_vtab_task_has_its_released_sub_network() {
     }
     assert_eq!(sum / 19, 360_134);
 }
+
+/// A search space for the tiny ViT, small enough to run in a test; the supernet trains and the
+/// candidates are ranked on the synthetic training batches (`~` splits).
+fn search(extra: &str) -> String {
+    format!(
+        "[{{type: NOAH, dropout: 0.0, prepare: search, search: {{prompt: [1, 2], lora: [1, 2], adapter: [1, 2], depth: [1, 2], \
+         supernet_split: ~, val_split: ~, supernet: {{epochs: 2, warmup_epochs: 0, lr: 1.0e-2}}, generations: 2, population: 4, \
+         select: 2, mutations: 2, crossovers: 2{extra}}}}}]"
+    )
+}
+
+fn arch(b: &Built) -> Vec<Vec<i64>> {
+    let result: std::collections::BTreeMap<String, tch::Tensor> = prepared(b).into_iter().collect();
+    ["prompt", "lora", "adapter"].iter().map(|m| Vec::<i64>::try_from(&result[&format!("methods.noah.arch.{m}")]).unwrap()).collect()
+}
+
+/// The search chooses a legal sub-network: sizes from the space, each module in a prefix of the
+/// blocks (its depth), within the parameter limit; the same seed chooses the same one.
+#[test]
+fn search_chooses_a_legal_sub_network_deterministically() {
+    let limit = 1_000;
+    let b = build(TINY_VIT, &search(&format!(", param_limit: {limit}")));
+    let chosen = arch(&b);
+    for dims in &chosen {
+        assert_eq!(dims.len(), 2);
+        assert!(dims.iter().all(|d| [0, 1, 2].contains(d)), "{chosen:?}");
+        assert!(dims[0] > 0, "every depth choice reaches block 0: {chosen:?}");
+    }
+    // C Σ prompt + 4C Σ lora + Σ_{a>0} (2Ca + a + C), C = 32.
+    let params = |c: &[Vec<i64>]| -> i64 {
+        (0..2).map(|l| 32 * c[0][l] + 128 * c[1][l] + if c[2][l] > 0 { 64 * c[2][l] + c[2][l] + 32 } else { 0 }).sum()
+    };
+    assert!(params(&chosen) <= limit, "{chosen:?} has {} parameters", params(&chosen));
+    let result: std::collections::BTreeMap<String, tch::Tensor> = prepared(&b).into_iter().collect();
+    assert_eq!(result["methods.noah.params"].int64_value(&[]), params(&chosen));
+    // Reports count the chosen sub-network, not the supernet's allocation.
+    assert_eq!(vpetl_core::engine::prepare::effective_counts(b.model.as_ref()).trainable_without_head(), params(&chosen));
+    assert!(b.model.param_counts().trainable_without_head() > params(&chosen));
+    assert_eq!(arch(&build(TINY_VIT, &search(&format!(", param_limit: {limit}")))), chosen, "the search is not deterministic");
+    let failed = std::panic::catch_unwind(|| build(TINY_VIT, &search(", param_limit: 10"))).err().expect("a search with no legal candidate");
+    let err = failed.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(err.contains("no candidate within the parameter limits (0..=10)"), "{err}");
+}
+
+/// After the search, the model is the chosen sub-network: with the same weights (the slices of
+/// the supernet's allocation), it computes what the released-sub-network model computes.
+#[test]
+fn the_searched_model_is_the_released_model_of_its_sizes() {
+    let searched = build(TINY_VIT, &search(""));
+    let c = arch(&searched);
+    let released = build(TINY_VIT, &format!("[{{type: NOAH, dropout: 0.0, prompt: {:?}, lora: {:?}, adapter: {:?}}}]", c[0], c[1], c[2]));
+    let from = searched.vs.variables();
+    tch::no_grad(|| {
+        for (name, mut var) in released.vs.variables() {
+            let src = from.get(&name).unwrap_or_else(|| panic!("the searched model has no `{name}`"));
+            let slice = var.size().iter().enumerate().fold(src.shallow_clone(), |t, (d, &n)| t.narrow(d as i64, 0, n));
+            var.copy_(&slice);
+        }
+    });
+    // The method's and the head's variables went back to their initial values after the search.
+    let x = input();
+    let opts = vpetl_core::backbones::ForwardOpts { train: false, collect_blocks: false };
+    let (a, b) = (searched.model.forward(&x, opts).logits, released.model.forward(&x, opts).logits);
+    assert!((a - b).abs().max().double_value(&[]) < 1e-6);
+}
+
+#[test]
+fn search_settings_are_checked() {
+    let err = build_error(TINY_VIT, "[{type: NOAH, prepare: search, prompt: [1, 1]}]");
+    assert!(err.contains("`prompt` gives sizes, but `prepare: search` chooses them"), "{err}");
+    let err = build_error(TINY_VIT, "[{type: NOAH, prepare: evolve}]");
+    assert!(err.contains("unknown `prepare: evolve`"), "{err}");
+    let err = build_error(TINY_VIT, "[{type: NOAH, prepare: search}]");
+    assert!(err.contains("`search.depth` has 3, outside 1..=2"), "{err}");
+    let err = build_error(TINY_VIT, "[{type: NOAH, prepare: search, search: {depth: [2], lora: [0, 5]}}]");
+    assert!(err.contains("`search.lora` has size 0, outside 1..=100"), "{err}");
+}

@@ -102,6 +102,12 @@ impl Loader {
         Ok(Loader { dataset, spec, seed, skipped: Arc::new(AtomicUsize::new(0)), shard: None })
     }
 
+    /// The same loader with shuffling on or off.
+    pub fn shuffled(mut self, shuffle: bool) -> Self {
+        self.spec.shuffle = shuffle;
+        self
+    }
+
     pub fn dataset(&self) -> &Arc<dyn Dataset> {
         &self.dataset
     }

@@ -10,42 +10,81 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use tch::{nn, Device, Tensor};
 
 use crate::backbones::ForwardOpts;
-use crate::data::loader::Loader;
+use crate::config::node::{Node, Value};
+use crate::config::Origin;
+use crate::data::loader::{DataloaderSpec, Loader};
+use crate::data::DatasetSpec;
+use crate::registry::Component;
 use crate::logging::Progress;
+use crate::methods::trainability::ParamCounts;
 use crate::methods::PrepareData;
 use crate::model::{Model, ModelOutput};
 
 /// The training loader as a prepare step's data: batches in the loader's order of `pass` (its
 /// epoch number, so the augmentation of two passes differs when the pipeline has any).
 pub struct LoaderData<'a> {
-    pub loader: &'a Loader,
+    loader: Source<'a>,
     pub model: &'a dyn Model,
     pub device: Device,
+    /// Where other splits come from: the training dataloader's config and the run's seed.
+    origin: Option<(&'a DataloaderSpec, u64)>,
+    vs: Option<&'a nn::VarStore>,
     /// The bar of the current pass and the units it has shown.
     progress: RefCell<Option<(Progress, u64)>>,
     label: String,
 }
 
+enum Source<'a> {
+    Borrowed(&'a Loader),
+    Owned(Loader),
+}
+
 impl<'a> LoaderData<'a> {
     pub fn new(loader: &'a Loader, model: &'a dyn Model, device: Device, label: &str) -> Self {
-        LoaderData { loader, model, device, progress: RefCell::new(None), label: label.to_string() }
+        LoaderData { loader: Source::Borrowed(loader), model, device, origin: None, vs: None, progress: RefCell::new(None), label: label.to_string() }
     }
+
+    /// Lets steps re-read the dataset on other splits (`spec` built the loader; `seed` is the run's).
+    pub fn with_origin(self, spec: &'a DataloaderSpec, seed: u64) -> Self {
+        LoaderData { origin: Some((spec, seed)), ..self }
+    }
+
+    /// Lets steps see the model's trainable variables.
+    pub fn with_vars(self, vs: &'a nn::VarStore) -> Self {
+        LoaderData { vs: Some(vs), ..self }
+    }
+
+    fn loader(&self) -> &Loader {
+        match &self.loader {
+            Source::Borrowed(l) => l,
+            Source::Owned(l) => l,
+        }
+    }
+}
+
+/// A model's trainable variables, sorted by name.
+pub fn trainable_variables(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
 }
 
 impl PrepareData for LoaderData<'_> {
     fn batches(&self, pass: u64) -> Box<dyn Iterator<Item = anyhow::Result<(Tensor, Tensor)>> + '_> {
         let device = self.device;
-        Box::new(self.loader.epoch(pass, 0).map(move |b| b.map(|b| (b.images.to_device(device), b.labels.to_device(device)))))
+        Box::new(self.loader().epoch(pass, 0).map(move |b| b.map(|b| (b.images.to_device(device), b.labels.to_device(device)))))
     }
     fn len(&self) -> usize {
-        self.loader.len()
+        self.loader().len()
     }
     fn num_classes(&self) -> i64 {
-        self.loader.dataset().num_classes()
+        self.loader().dataset().num_classes()
     }
     fn forward(&self, images: &Tensor, train: bool) -> ModelOutput {
         self.model.forward(images, ForwardOpts { train, collect_blocks: false })
@@ -60,6 +99,36 @@ impl PrepareData for LoaderData<'_> {
                 b.finish();
             }
         }
+    }
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.vs.map(trainable_variables).unwrap_or_default()
+    }
+    /// The whole split on every rank of a data-parallel run (not this rank's shard), so that every
+    /// rank computes the same result.
+    fn split(&self, split: &str, shuffle: bool) -> anyhow::Result<Box<dyn PrepareData + '_>> {
+        let (spec, seed) = self.origin.context("this training data does not know its dataset config")?;
+        let dataset = &spec.dataset;
+        let mut node = dataset.node.clone();
+        anyhow::ensure!(
+            node.get("split").is_some(),
+            "{} (from {}): the training dataset has no `split` key, so split `{split}` cannot be read; set the search's splits to ~ to use the training data",
+            dataset.path,
+            node.origin
+        );
+        node.insert("split", Node::new(Value::Str(split.to_string()), Origin::new("a prepare step")));
+        let component = Component::<dyn DatasetSpec>::from_node(&node, &dataset.path)?;
+        let built = component.spec.build().with_context(|| format!("{}: split `{split}`", dataset.path))?;
+        let loader = Loader::new(Arc::from(built), spec, seed)?.shuffled(shuffle);
+        tracing::info!("{}: {} batches", loader.dataset().describe(), loader.len());
+        Ok(Box::new(LoaderData {
+            loader: Source::Owned(loader),
+            model: self.model,
+            device: self.device,
+            origin: self.origin,
+            vs: self.vs,
+            progress: RefCell::new(None),
+            label: self.label.clone(),
+        }))
     }
 }
 
@@ -78,6 +147,9 @@ pub fn run_missing(model: &dyn Model, vs: &nn::VarStore, data: &dyn PrepareData)
         let result: BTreeMap<String, Tensor> = result.into_iter().collect();
         step.apply(&result).with_context(|| format!("{name}: its own prepare result"))?;
         tracing::info!("{name}: prepared in {:.1}s ({} result tensors)", started.elapsed().as_secs_f64(), result.len());
+        if step.unused_params() > 0 {
+            tracing::info!("{name}: {} allocated parameters lie outside the prepared model and do not count", step.unused_params());
+        }
     }
     tch::no_grad(|| {
         for (_, mut v) in vs.variables() {
@@ -87,6 +159,24 @@ pub fn run_missing(model: &dyn Model, vs: &nn::VarStore, data: &dyn PrepareData)
         }
     });
     Ok(())
+}
+
+/// The model's parameter counts without what its prepared steps leave unused (a searched
+/// sub-network's slices of the supernet's allocation), for reports.
+pub fn effective_counts(model: &dyn Model) -> ParamCounts {
+    let mut counts = model.param_counts().clone();
+    for (name, step) in model.prepare_steps() {
+        let unused = step.unused_params();
+        if unused > 0 {
+            counts.trainable -= unused;
+            counts.total -= unused;
+            if let Some((t, n)) = counts.per_module.get_mut(name) {
+                *t -= unused;
+                *n -= unused;
+            }
+        }
+    }
+    counts
 }
 
 /// Every step's current result, named `methods.<name>.<key>` (for checkpoints).

@@ -236,7 +236,8 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
         tracing::info!("resumed from {} after epoch {}, iteration {}", path.display(), meta.epoch, meta.iter);
     }
 
-    super::prepare::run_missing(model.as_ref(), &vs, &super::prepare::LoaderData::new(&train_loader, model.as_ref(), device, "prepare"))?;
+    let prepare_data = super::prepare::LoaderData::new(&train_loader, model.as_ref(), device, "prepare").with_origin(train_spec, seed).with_vars(&vs);
+    super::prepare::run_missing(model.as_ref(), &vs, &prepare_data)?;
     let prepared = super::prepare::results(model.as_ref())?;
 
     let mut hooks = Hooks::build(&cfg.default_hooks, &cfg.custom_hooks)?;
@@ -295,7 +296,7 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
         tracing::warn!("{skipped} training sample(s) were skipped because they failed to load (skip_bad)");
     }
 
-    let counts = model.param_counts();
+    let counts = &super::prepare::effective_counts(model.as_ref());
     let (metric_name, metric_value) = run.last_metrics.first().cloned().unwrap_or_else(|| ("none".into(), f64::NAN));
     let method_params = counts.trainable_without_head();
     let results = Results {

@@ -31,6 +31,7 @@ pub mod lorand;
 pub mod lst;
 pub mod mona;
 pub mod noah;
+pub mod noah_search;
 pub mod partial;
 pub mod prefix_tuning;
 pub mod repadapter;
@@ -127,6 +128,11 @@ pub trait Prepare {
     fn is_ready(&self) -> bool;
     /// The installed result (what [`Prepare::run`] returned, or what was applied).
     fn result(&self) -> anyhow::Result<Vec<(String, Tensor)>>;
+    /// Trainable parameters the prepared model leaves unused (NOAH's search allocates the widest
+    /// sub-network and slices): reports count only what trains.
+    fn unused_params(&self) -> i64 {
+        0
+    }
 }
 
 /// What a prepare step sees: the training batches (in a fixed order) and the model.
@@ -144,6 +150,14 @@ pub trait PrepareData {
     fn forward(&self, images: &Tensor, train: bool) -> crate::model::ModelOutput;
     /// Reports progress: `done` of `total` units of work.
     fn progress(&self, done: u64, total: u64);
+    /// The model's trainable variables (methods and head), for steps that train (NOAH's supernet).
+    fn parameters(&self) -> Vec<(String, Tensor)>;
+    /// The same data pipeline over another split of the training dataset (its config's `split`
+    /// replaced), shuffled when `shuffle`: NOAH's search trains and ranks on splits of its own.
+    fn split(&self, split: &str, shuffle: bool) -> anyhow::Result<Box<dyn PrepareData + '_>> {
+        let _ = shuffle;
+        anyhow::bail!("this training data cannot be re-read as split `{split}`")
+    }
 }
 
 /// Folding a method into the backbone's own weights (names without `backbone.`).
