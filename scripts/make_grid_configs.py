@@ -76,6 +76,22 @@ LEAF_EXTRA = {
     # NOAH's retraining recipe (configs/NOAH/VTAB/subnet/slurm_retrain_vtab.sh).
     "noah_search": {"optim_wrapper": {"optimizer": {"lr": 1e-3, "weight_decay": 1e-4}}},
 }
+# Methods with their own per-task recipe: (lr, weight decay, drop path) by task. HST's official
+# scripts (missing_methods.md §12, AFeng-x/HST train_scripts/vit/{vtab,fgvc}); its drop path is the
+# ViT's drop_path_rate and the side network's (the official code passes one rate to both).
+OWN_RECIPE = {
+    "hst": {
+        "caltech101": (1e-3, 5e-4, 0.1), "cifar100": (1e-2, 5e-4, 0.0), "clevr_count": (1e-3, 5e-4, 0.1),
+        "clevr_dist": (5e-3, 5e-4, 0.1), "diabetic_retinopathy": (1e-3, 5e-5, 0.1), "dmlab": (5e-3, 5e-4, 0.1),
+        "dsprites_loc": (5e-3, 5e-4, 0.1), "dsprites_ori": (1e-3, 5e-4, 0.1), "dtd": (1e-2, 5e-4, 0.0),
+        "eurosat": (1e-3, 5e-4, 0.1), "oxford_flowers102": (1e-3, 5e-5, 0.0), "kitti": (5e-3, 5e-2, 0.1),
+        "patch_camelyon": (5e-3, 5e-4, 0.1), "oxford_iiit_pet": (1e-2, 5e-4, 0.0), "resisc45": (5e-3, 5e-4, 0.0),
+        "smallnorb_azi": (1e-3, 5e-4, 0.1), "smallnorb_ele": (1e-3, 5e-2, 0.2), "sun397": (1e-2, 5e-5, 0.0),
+        "svhn": (1e-2, 5e-5, 0.1),
+        "CUB_200_2011": (1e-3, 5e-2, 0.0), "nabirds": (5e-4, 5e-2, 0.0), "OxfordFlower": (1e-3, 5e-5, 0.0),
+        "StanfordCars": (5e-3, 5e-2, 0.0), "StanfordDogs": (5e-3, 5e-2, 0.0),
+    },
+}
 # Methods defined for one suite only (NOAH's search reads VTAB's train800 and val200 splits).
 ONLY_SUITE = {"noah_search": "vtab"}
 # Methods defined on hierarchical backbones only (they refuse a ViT).
@@ -114,6 +130,13 @@ def leaf(suite, method, task):
         source = "upstream_spec.md §3.5"
     settings = {"model": {"head": {"num_classes": CLASSES[task]}},
                 "optim_wrapper": {"optimizer": {"lr": lr, "weight_decay": wd}}}
+    if task in OWN_RECIPE.get(method, {}):
+        lr, wd, drop_path = OWN_RECIPE[method][task]
+        entry = yaml.safe_load(whole.read_text())["model"]["methods"][0]
+        settings = {"model": {"backbone": {"drop_path_rate": drop_path}, "head": {"num_classes": CLASSES[task]},
+                              "methods": [dict(entry, drop_path=drop_path)]},
+                    "optim_wrapper": {"optimizer": {"lr": lr, "weight_decay": wd}}}
+        source = "OWN_RECIPE: the official per-task recipe, missing_methods.md §12"
     deep_merge(settings, LEAF_EXTRA.get(method, {}))
     if per_task.exists():
         deep_merge(settings, yaml.safe_load(per_task.read_text()) or {})

@@ -81,6 +81,10 @@ def main():
     spec = json.loads(a.backbone)
     weights = load_file(f"{a.dir}/weights.safetensors")
     model = build_backbone(spec, a.num_classes).eval()
+    # A method may set the head's input width (a side network's feature, HST).
+    hw = weights.get("head.weight")
+    if spec["type"] == "ViT" and hw is not None and hw.shape != model.head.weight.shape:
+        model.head = nn.Linear(hw.shape[1], hw.shape[0])
     missing, unexpected = model.load_state_dict(to_timm_names(weights, spec["type"] == "Swin"), strict=False)
     assert not [m for m in missing if "relative_position_index" not in m and "attn_mask" not in m], missing
     assert not unexpected, unexpected

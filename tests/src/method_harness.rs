@@ -38,7 +38,8 @@ pub struct Built {
 /// this lock so that its seeded initialisation is not interleaved with another test's draws.
 static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
+/// Holds the lock (for a test that seeds outside the harness, e.g. a training run).
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     RNG.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -198,10 +199,14 @@ pub fn assert_trainable_count(backbone: &str, methods: &str, expected: i64) {
 }
 
 /// Gives every method variable random values, so that merges and parity are not checked on zeros.
+/// Buffers (running statistics) get positive ones, valid as variances.
 pub fn randomize_methods(vs: &nn::VarStore) {
+    let buffers = vpetl_core::methods::trainability::buffers(vs);
     tch::no_grad(|| {
         for (name, mut var) in vs.variables() {
-            if name.starts_with("methods.") {
+            if buffers.contains_key(&name) {
+                var.copy_(&(Tensor::rand_like(&var) + 0.5));
+            } else if name.starts_with("methods.") {
                 var.copy_(&(Tensor::randn_like(&var) * 0.1));
             }
         }

@@ -43,7 +43,9 @@ pub struct ImageClassifier {
 impl ModelSpec for ImageClassifierSpec {
     fn build(&self, vs: &nn::VarStore) -> anyhow::Result<Box<dyn Model>> {
         let backbone = self.backbone.spec.build(vs.root() / "backbone")?;
-        let head = self.head.spec.build(vs.root() / "head", backbone.feature_dim())?;
+        // A method whose side network feeds the head sets its input width (the last such one).
+        let feature_dim = self.methods.iter().filter_map(|m| m.spec.feature_dim()).last().unwrap_or(backbone.feature_dim());
+        let head = self.head.spec.build(vs.root() / "head", feature_dim)?;
         if let Some(p) = &self.pretrained {
             let report = load_pretrained(vs, p, backbone.as_ref())?;
             tracing::info!("{}", report.to_string().trim_end());

@@ -47,6 +47,7 @@ const ROWS: &[(&str, &str, &str, &str, i64, &str)] = &[
     ("DTL", VIT_B16, "[{type: DTL}]", "0.04M", 36_864, "rank 2 on all 12 block inputs"),
     ("LST", VIT_B16, "[{type: LST}]", "2.38M", 2_376_492, "reduction 8, 12 side blocks and ladders (ViT variant reconstructed)"),
     ("LAST", VIT_B16, "[{type: LAST}]", "0.66M", 618_048, "rank 16 after every block, reconstructed (the cell adds the VTAB head)"),
+    ("HST", VIT_B16, "[{type: HST}]", "0.78M", 764_840, "meta tokens, block norms, 4-stage side pyramid 32-72 (the cell adds the head, 73 C)"),
     ("SNF", VIT_B16, "[{type: SNF}]", "0.25M", 73_752, "flow length 1 on both shortcuts (the FGVC cell adds the FGVC head)"),
     ("Full fine-tuning", SWIN_B, "[{type: FullFT}]", "86.75M", 86_745_016, "Swin-B dense backbone (norm0..3, no final norm)"),
     ("BitFit", SWIN_B, "[{type: BitFit}]", "0.20M", 0, "Swin-B: every *bias incl. position-bias tables"),

@@ -182,7 +182,8 @@ impl fmt::Display for Target {
     }
 }
 
-/// A token sequence `(B, N, C)` with its layout, or a feature map `(B, H, W, C)` (Swin).
+/// A token sequence `(B, N, C)` with its layout, or a feature map `(B, H, W, C)` (Swin); at a
+/// backbone's `image` site, the input images `(B, C, H, W)` (with the patch grid they give).
 pub struct Tokens {
     pub x: Tensor,
     /// Leading tokens that are not image patches (class, register and prompt tokens).

@@ -9,7 +9,9 @@
 //! `blocks.i.attn` (attention), `blocks.i.attn_branch`, `blocks.i.mlp_branch`, `blocks.i.block`
 //! (branch; the last is the whole block: its input and its output); and `tokens.input` (tokens,
 //! after the position embedding), `patch_embed.proj` (tokens: the patch embedding's output
-//! `(B, N, C)`, before the class token and the position embedding) and `norm` / `fc_norm` (norm).
+//! `(B, N, C)`, before the class token and the position embedding), `image` (tokens: the input
+//! images `(B, C, H, W)` themselves, for networks that read the pixels beside the backbone) and
+//! `norm` / `fc_norm` (norm).
 
 use anyhow::bail;
 use serde::Deserialize;
@@ -232,6 +234,7 @@ pub struct Vit {
     final_norm: nn::LayerNorm,
     use_fc_norm: bool,
     sites: SiteMap,
+    image_site: SiteId,
     patch_site: SiteId,
     input_site: SiteId,
     final_norm_site: SiteId,
@@ -258,6 +261,7 @@ impl Vit {
         let grid = spec.img_size / spec.patch_size;
         let pos_len = grid * grid + if spec.no_embed_class { 0 } else { num_prefix(&spec) };
         let pos_embed = trunc_normal(&vs, "pos_embed", &[1, pos_len, dim], 0.02);
+        let image_site = sites.plain("image".into(), SiteKind::Tokens, spec.in_chans, 0);
         let patch_site = sites.plain("patch_embed.proj".into(), SiteKind::Tokens, dim, 0);
         let input_site = sites.plain("tokens.input".into(), SiteKind::Tokens, dim, 0);
         let norm_pre = spec.pre_norm.then(|| layer_norm(&vs / "norm_pre", dim, spec.eps));
@@ -277,6 +281,7 @@ impl Vit {
             final_norm,
             use_fc_norm,
             sites,
+            image_site,
             patch_site,
             input_site,
             final_norm_site,
@@ -351,7 +356,10 @@ impl Backbone for Vit {
     fn forward(&self, x: &Tensor, hooks: &Hooks, opts: ForwardOpts) -> BackboneOutput {
         let train = opts.train;
         let b = x.size()[0];
-        let patches = self.patch_embed.forward(x);
+        let (h, w) = (x.size()[2], x.size()[3]);
+        let p = self.spec.patch_size;
+        let x = hooks.tokens(self.image_site, Tokens { x: x.shallow_clone(), num_prefix: 0, grid: (h / p, w / p) }, train).x;
+        let patches = self.patch_embed.forward(&x);
         let grid = (patches.size()[2], patches.size()[3]);
         let mut x = patches.flatten(2, 3).transpose(1, 2);
         x = hooks.tokens(self.patch_site, Tokens { x, num_prefix: 0, grid }, train).x;

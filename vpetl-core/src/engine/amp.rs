@@ -229,12 +229,14 @@ impl Amp {
     }
 }
 
-/// Stores every frozen floating tensor of `vs` in `kind` (trainable ones are left as they are).
+/// Stores every frozen floating tensor of `vs` in `kind` (trainable ones and buffers, such as
+/// running statistics, are left as they are).
 pub fn cast_frozen(vs: &tch::nn::VarStore, kind: Kind) -> usize {
     let _guard = tch::no_grad_guard();
+    let buffers = crate::methods::trainability::buffers(vs);
     let mut n = 0;
-    for (_, mut v) in vs.variables() {
-        if !v.requires_grad() && v.is_floating_point() && v.kind() != kind {
+    for (name, mut v) in vs.variables() {
+        if !v.requires_grad() && !buffers.contains_key(&name) && v.is_floating_point() && v.kind() != kind {
             let cast = v.to_kind(kind);
             v.set_data(&cast);
             n += 1;

@@ -1,4 +1,5 @@
-//! Training checkpoints: the trainable tensors (`param.<name>`), the optimiser state
+//! Training checkpoints: the trainable tensors and the buffers (running statistics; both
+//! `param.<name>`), the optimiser state
 //! (`optim.<name>.<slot>`), the methods' prepare results (`prepared.<name>`, see
 //! [`super::prepare`]) and a JSON record (epoch, iteration, optimiser steps, best metric, config
 //! hash) in one safetensors file's metadata, written atomically (temporary file, then rename).
@@ -121,7 +122,8 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     Ok(Loaded { params, optim, prepared, meta })
 }
 
-/// Writes the trained tensors alone (methods, head, and any backbone tensor a method trains) with
+/// Writes the trained tensors alone (methods, head, any backbone tensor a method trains, and the
+/// buffers such as running statistics) with
 /// the model's `methods` config as JSON metadata (`vpetl_methods`), like PEFT's
 /// `adapter_model.safetensors`: loadable on top of the pretrained backbone with `load_from` or
 /// `tools/test --checkpoint`, since its names are the model's own. The methods' prepare results

@@ -203,6 +203,11 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
     if trainable.is_empty() {
         bail!("nothing to train: no variable requires a gradient");
     }
+    let mut buffers: Vec<(String, Tensor)> = {
+        let names = &model.param_counts().buffers;
+        vs.variables().into_iter().filter(|(k, _)| names.contains(k)).collect()
+    };
+    buffers.sort_by(|a, b| a.0.cmp(&b.0));
     let base_lr = parallel.scale_lr(&cfg, optim_cfg.optimizer.spec.lr(), train_loader.batch_size())?;
     parallel.prepare(&cfg, &trainable)?;
     let mut optimizer = optim_cfg.optimizer.spec.build(trainable.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect())?;
@@ -219,7 +224,7 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
             tracing::warn!("resuming from {} written by another config (hash {} now {hash})", path.display(), ck.meta.config_hash);
         }
         tch::no_grad(|| -> anyhow::Result<()> {
-            for (name, t) in &trainable {
+            for (name, t) in trainable.iter().chain(&buffers) {
                 let value = ck.params.get(name).with_context(|| format!("{}: no `{name}` to resume from", path.display()))?;
                 t.shallow_clone().copy_(value);
             }
@@ -247,6 +252,7 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
         device,
         model: model.as_ref(),
         trainable,
+        buffers,
         optimizer,
         scheduler: cfg.param_scheduler.as_ref().map(|s| s.spec.as_ref()),
         base_lr,
@@ -329,7 +335,7 @@ pub fn train(node: &Node, opts: &TrainOptions) -> anyhow::Result<Results> {
     let methods_json = node.lookup("model.methods").map_or_else(|| "[]".to_string(), |n| {
         serde_json::to_string(&n.to_yaml_value()).unwrap_or_else(|_| "[]".into())
     });
-    checkpoint::save_method_only(&work_dir.join("method.safetensors"), &run.trainable, &run.prepared, &methods_json)?;
+    checkpoint::save_method_only(&work_dir.join("method.safetensors"), &run.saved_tensors(), &run.prepared, &methods_json)?;
     tracing::info!(
         "done: {} {:.2} (best {:.2}), {} trainable parameters (method {}), PPT {:.4}",
         results.metric.name,

@@ -44,6 +44,8 @@ pub struct RunState<'a> {
     pub device: Device,
     pub model: &'a dyn Model,
     pub trainable: Vec<(String, Tensor)>,
+    /// The model's buffers (running statistics), saved in checkpoints with the trainable tensors.
+    pub buffers: Vec<(String, Tensor)>,
     pub optimizer: Box<dyn Optimizer>,
     pub scheduler: Option<&'a dyn SchedulerSpec>,
     pub base_lr: f64,
@@ -75,6 +77,11 @@ pub struct RunState<'a> {
 }
 
 impl RunState<'_> {
+    /// What a checkpoint stores as the model's tensors: the trainable ones, then the buffers.
+    pub fn saved_tensors(&self) -> Vec<(String, Tensor)> {
+        self.trainable.iter().chain(&self.buffers).map(|(k, t)| (k.clone(), t.shallow_clone())).collect()
+    }
+
     /// True once the loop has done all its work.
     pub fn finished(&self) -> bool {
         match self.loop_kind {

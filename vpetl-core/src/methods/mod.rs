@@ -21,6 +21,7 @@ pub mod e3va;
 pub mod fact;
 pub mod gps;
 pub mod full_finetune;
+pub mod hst;
 pub mod hydra;
 pub mod last;
 pub mod linear_probe;
@@ -52,6 +53,11 @@ use crate::registry::{Kind, KindOf};
 
 pub trait MethodSpec: std::fmt::Debug {
     fn attach(&self, ctx: &mut AttachCtx) -> anyhow::Result<Attached>;
+    /// The width of the feature the method hands to the head, when it replaces the backbone's
+    /// pooled feature with one of another width (a side network's, HST); the head is built at it.
+    fn feature_dim(&self) -> Option<i64> {
+        None
+    }
 }
 
 impl KindOf for dyn MethodSpec {

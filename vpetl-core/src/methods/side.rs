@@ -1,4 +1,4 @@
-//! Plumbing shared by the side-network methods (DTL, LST, LAST, SNF): the per-block tokens sites,
+//! Plumbing shared by the side-network methods (DTL, LST, LAST, SNF, HST): the per-block tokens sites,
 //! a slot that carries the side state from hook to hook within one forward pass, `nn.Linear`'s
 //! default initialisation, and the hook that hands the side network's feature to the head.
 //!
@@ -6,7 +6,8 @@
 //! gradient ever flows into the frozen backbone from it, and the backbone's own computation records
 //! no graph when nothing inside it trains (its parameters do not require gradients, so autograd
 //! keeps none of its activations; only the side network's are kept). The methods' tests check that
-//! the backbone's activations do not require gradients.
+//! the backbone's activations do not require gradients. (HST is the exception by design: it trains
+//! the ViT's norms and meta tokens, so it reads the backbone without taps.)
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -109,7 +110,10 @@ pub const VIT_EPS: f64 = 1e-6;
 /// At the backbone's final norm site: replaces the normalised output with the side network's
 /// tokens `(B, N, C)` taken from the slot, so the backbone's pooling (class token, or the mean of the
 /// patch tokens) hands the side network's feature to the head. On a pooled-feature norm
-/// (`fc_norm`, `(B, C)`) the side network's class token is the feature.
+/// (`fc_norm`, `(B, C)`) the side network's class token is the feature. A side network that pools
+/// itself puts its feature `(B, C')` in the slot (any width, see `MethodSpec::feature_dim`): it is
+/// the feature on `fc_norm`, and on a token norm it is repeated over the tokens, so that either
+/// pooling returns it unchanged.
 pub struct SideOutput {
     pub side: Slot<Tensor>,
     pub method: &'static str,
@@ -118,6 +122,12 @@ pub struct SideOutput {
 impl NormHook for SideOutput {
     fn forward(&self, y: Tensor, _ctx: &Ctx) -> Tensor {
         let out = self.side.lock().expect("side slot").take().unwrap_or_else(|| panic!("{}: the side network produced no output in this forward pass", self.method));
+        if out.dim() == 2 {
+            return match y.dim() {
+                2 => out,
+                _ => out.unsqueeze(1).expand([-1, y.size()[1], -1], false),
+            };
+        }
         if y.dim() == 2 {
             out.select(1, 0)
         } else {

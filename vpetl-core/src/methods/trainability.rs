@@ -1,10 +1,15 @@
 //! Deciding, once, which variables train, and reporting it as PEFT does.
+//!
+//! Buffers: a variable created not trainable (tch's `zeros_no_train` / `ones_no_train`, or
+//! `Path::add(.., false)`) is state rather than a parameter, as a PyTorch `register_buffer`
+//! (BatchNorm's running statistics): it never trains, is not counted as a parameter, is never cast
+//! to a lower precision with the frozen weights, and is saved with checkpoints.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use regex::Regex;
-use tch::nn;
+use tch::{nn, Tensor};
 
 /// Trainable and total parameter counts, overall and per module.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -13,6 +18,8 @@ pub struct ParamCounts {
     pub total: i64,
     /// Per module (`backbone.blocks`, `methods.lora`, `head`, ...): (trainable, total).
     pub per_module: BTreeMap<String, (i64, i64)>,
+    /// The buffers' names (see the module doc), sorted; their values are in no count above.
+    pub buffers: Vec<String>,
 }
 
 impl ParamCounts {
@@ -43,6 +50,9 @@ impl fmt::Display for ParamCounts {
         writeln!(f, "  {:<28} {:>14} {:>14}", "module", "trainable", "total")?;
         for (m, (t, n)) in &self.per_module {
             writeln!(f, "  {m:<28} {:>14} {:>14}", thousands(*t), thousands(*n))?;
+        }
+        if !self.buffers.is_empty() {
+            writeln!(f, "  buffers (saved, not trained, not counted): {}", self.buffers.join(", "))?;
         }
         Ok(())
     }
@@ -82,15 +92,26 @@ fn module_of(name: &str) -> String {
     }
 }
 
+/// The buffers of `vs` (variables created not trainable), by name.
+pub fn buffers(vs: &nn::VarStore) -> BTreeMap<String, Tensor> {
+    let trainable: HashSet<usize> = vs.trainable_variables().iter().map(|t| t.data_ptr() as usize).collect();
+    vs.variables().into_iter().filter(|(_, v)| v.numel() > 0 && !trainable.contains(&(v.data_ptr() as usize))).collect()
+}
+
 /// Sets `requires_grad` on every variable: `methods.*` and `head.*` train; `backbone.*` trains when
-/// a pattern matches the whole name without `backbone.`. Returns the counts.
+/// a pattern matches the whole name without `backbone.`; buffers never do. Returns the counts.
 pub fn apply(vs: &nn::VarStore, backbone_trainable: &[Regex]) -> ParamCounts {
     let anchored: Vec<Regex> = backbone_trainable
         .iter()
         .map(|r| Regex::new(&format!("^(?:{})$", r.as_str())).expect("an anchored valid regex is valid"))
         .collect();
     let mut counts = ParamCounts::default();
+    let buffers = buffers(vs);
+    counts.buffers = buffers.keys().cloned().collect();
     for (name, var) in vs.variables() {
+        if buffers.contains_key(&name) {
+            continue;
+        }
         let trainable = match name.strip_prefix("backbone.") {
             Some(rest) => anchored.iter().any(|r| r.is_match(rest)),
             None => true,

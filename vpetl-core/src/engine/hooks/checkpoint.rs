@@ -46,10 +46,11 @@ impl Checkpoint {
         run.meta.optimizer_steps = run.optimizer.state().1;
         let (state, _) = run.optimizer.state();
         let path = checkpoint::periodic_path(&run.work_dir, run.by_epoch(), run.progress());
-        checkpoint::save(&path, &run.trainable, &state, &run.prepared, &run.meta)?;
+        let tensors = run.saved_tensors();
+        checkpoint::save(&path, &tensors, &state, &run.prepared, &run.meta)?;
         checkpoint::set_last(&run.work_dir, &path)?;
         if run.improved && self.spec.save_best {
-            checkpoint::save(&run.work_dir.join("best.safetensors"), &run.trainable, &state, &run.prepared, &run.meta)?;
+            checkpoint::save(&run.work_dir.join("best.safetensors"), &tensors, &state, &run.prepared, &run.meta)?;
         }
         if self.spec.max_keep_ckpts > 0 {
             checkpoint::prune(&run.work_dir, self.spec.max_keep_ckpts, &path)?;
