@@ -271,6 +271,8 @@ pub fn maps(captured: &[Captured], blocks: &[usize], head: Option<i64>, with_rol
                 ensure!((0..heads).contains(&h), "head {h} does not exist ({name} has {heads} heads: 0 to {})", heads - 1);
                 (format!("{name}, head {h}"), per_head.select(1, h))
             }
+            // Hierarchical names are long: their column says `mean` (the figure's title says of what).
+            None if stage_and_block(&c.site).is_some() => (format!("{name}, mean"), per_head.mean_dim(1, false, Kind::Float)),
             None => (format!("{name}, mean of {heads} heads"), per_head.mean_dim(1, false, Kind::Float)),
         };
         out.push((title, map));
