@@ -201,7 +201,8 @@ fn window_positions_undo_the_shift_and_padding() {
             let map = tap.lock().unwrap().take().unwrap();
             let (bsz, h, wd, _) = map.size4().unwrap();
             assert_eq!((h, wd), (10, 10));
-            let v_grid = map.view([bsz, h * wd, c]).linear(&w.narrow(0, 2 * c, c), Some(bias.narrow(0, 2 * c, c))).view([bsz, h * wd, 2, c / 2]);
+            let (wv, bv) = (w.narrow(0, 2 * c, c), bias.narrow(0, 2 * c, c));
+            let v_grid = map.view([bsz, h * wd, c]).linear(&wv, Some(bv)).view([bsz, h * wd, 2, c / 2]);
             let Seen { v, windows, .. } = std::mem::take(&mut *seen.lock().unwrap());
             let (v, windows) = (v.unwrap(), windows.unwrap());
             let (nw, n) = windows.size2().unwrap();

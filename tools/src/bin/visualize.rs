@@ -27,7 +27,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Attention maps over test images: ViT, the class token's attention and attention rollout;
-    /// Swin, the window attention each token receives (see `attention --help`).
+    /// Swin, the window attention each token receives (details with --help).
+    ///
+    /// ViT: the class token's attention over the patches in chosen blocks, and attention rollout
+    /// (Abnar & Zuidema 2020) through every block.
+    ///
+    /// Swin (no class token): for each token, the attention it receives from the queries of its
+    /// window, averaged over them (padding queries left out; a uniform window gives 1/N to each of
+    /// its N tokens), drawn where the token sits in the image: the cyclic shift of shifted blocks is
+    /// undone and padding dropped, so every map lines up with the input. Blocks are chosen within
+    /// stages (--stages, --blocks: default the last block of every stage); there is no rollout.
     Attention(AttentionArgs),
     /// t-SNE of test-split features, coloured by class (PNG, and CSV with --csv).
     Tsne(TsneArgs),
@@ -63,13 +72,6 @@ struct ModelArgs {
     cfg_options: Vec<String>,
 }
 
-/// ViT: the class token's attention over the patches in chosen blocks, and attention rollout.
-///
-/// Swin (no class token): for each token, the attention it receives from the queries of its window,
-/// averaged over them (padding queries left out; a uniform window gives 1/N to each of its N
-/// tokens), drawn where the token sits in the image: the cyclic shift of shifted blocks is undone
-/// and padding dropped, so every map lines up with the input. Blocks are chosen within stages
-/// (--stages, --blocks); there is no rollout.
 #[derive(Args)]
 struct AttentionArgs {
     #[command(flatten)]
@@ -202,7 +204,11 @@ fn attention_cmd(a: AttentionArgs) -> anyhow::Result<()> {
         let blocks = match probes.stages() {
             Some(stages) => blocks_in_stages(&stages, &a.stages, &a.blocks)?,
             None => {
-                ensure!(a.stages.is_empty(), "--stages selects stages of a hierarchical backbone (Swin); {} has a flat sequence of blocks: use --blocks", a.model.configs[i].display());
+                ensure!(
+                    a.stages.is_empty(),
+                    "--stages selects stages of a hierarchical backbone (Swin); {} has a flat sequence of blocks: use --blocks",
+                    a.model.configs[i].display()
+                );
                 let depth = probes.site_names().len();
                 if a.blocks.is_empty() {
                     let mut b = vec![0, depth / 2, depth - 1];

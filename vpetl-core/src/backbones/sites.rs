@@ -224,10 +224,10 @@ pub struct AttentionLayout<'a> {
     /// The additive bias on the scaled scores before the softmax, broadcastable to
     /// `(B', heads, N, keys)` (keys as extended by the hooks): relative position bias, shift masks.
     pub bias: Option<&'a Tensor>,
-    /// Windowed attention: the rows `B' = B * nW` are windows of N tokens each. `(nW, N)` int64 on the CPU:
-    /// each token's index in the row-major grid of `Ctx::grid` (the map before any padding and
-    /// shift), -1 for padding; batch element `b` owns rows `b * nW .. (b + 1) * nW`. `None`: the rows are the
-    /// sequence itself.
+    /// Windowed attention: the rows `B' = B * nW` are windows of N tokens each. `(nW, N)` int64 on
+    /// the CPU: each token's index in the row-major grid of `Ctx::grid` (the map before any padding
+    /// and shift), -1 for padding; batch element `b` owns rows `b * nW .. (b + 1) * nW`. `None`:
+    /// the rows are the sequence itself.
     pub windows: Option<&'a Tensor>,
 }
 

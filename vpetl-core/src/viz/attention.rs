@@ -207,7 +207,8 @@ impl Captured {
             hits.eq(1.0).all().int64_value(&[]) == 1
         };
         ensure!(covered, "`{}`: the windows do not cover the {gh}x{gw} grid once each", self.site);
-        let map = Tensor::zeros([b, heads, gh * gw], (Kind::Float, tch::Device::Cpu)).index_copy(2, &dest, &received.index_select(2, &keep));
+        let map = Tensor::zeros([b, heads, gh * gw], (Kind::Float, tch::Device::Cpu));
+        let map = map.index_copy(2, &dest, &received.index_select(2, &keep));
         Ok(map.view([b, heads, gh, gw]))
     }
 
