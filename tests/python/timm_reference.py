@@ -4,9 +4,11 @@ Builds a small timm model with random weights, saves its weights (timm names, sa
 input batch and the outputs: logits and every block's output (forward hooks). With --load-size, the
 weights come from the same architecture built at another image size and are loaded through timm's
 own checkpoint filter (position-embedding resampling). With --npz, the weights are also written in
-Google's ViT .npz layout and the outputs come from a model loaded by timm's own npz loader.
+Google's ViT .npz layout and the outputs come from a model loaded by timm's own npz loader. With
+--attention, every attention's probabilities (timm's unfused path, read after its softmax) go to
+attention.safetensors as `attn.<i>` in forward order, for the attention-map probes.
 
-Usage: timm_reference.py OUT_DIR --arch vit|swin --kwargs JSON --input-size N [--load-size M] [--npz] [--pth]
+Usage: timm_reference.py OUT_DIR --arch vit|swin --kwargs JSON --input-size N [--load-size M] [--npz] [--pth] [--attention]
 """
 import argparse
 import json
@@ -94,6 +96,7 @@ def main():
     ap.add_argument("--load-size", type=int)
     ap.add_argument("--npz", action="store_true")
     ap.add_argument("--pth", action="store_true", help="also write weights.pth in Microsoft's Swin layout")
+    ap.add_argument("--attention", action="store_true", help="also write attention.safetensors (probabilities)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
@@ -123,8 +126,18 @@ def main():
     units = model.blocks if a.arch == "vit" else [b for layer in model.layers for b in layer.blocks]
     for blk in units:
         blk.register_forward_hook(lambda m, i, o: blocks.append(o.detach().clone()))
+    probs = []
+    if a.attention:
+        units_attn = [blk.attn for blk in units]
+        for attn in units_attn:
+            # The unfused path computes the probabilities explicitly; attn_drop (identity in eval)
+            # receives them.
+            attn.fused_attn = False
+            attn.attn_drop.register_forward_hook(lambda m, i, o: probs.append(o.detach().clone()))
     with torch.no_grad():
         logits = model(x)
+    if a.attention:
+        save_file({f"attn.{i}": t.contiguous() for i, t in enumerate(probs)}, f"{a.out}/attention.safetensors")
     out = {"logits": logits}
     out.update({f"blocks.{i}": t.contiguous() for i, t in enumerate(blocks)})
     save_file({"input": x}, f"{a.out}/input.safetensors")

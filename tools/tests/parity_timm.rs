@@ -1,6 +1,7 @@
 //! Parity with timm: small models with random weights, built and run by timm in Python
 //! (`tests/python/timm_reference.py`), loaded and run by `tools/infer`; logits and every block's
-//! output must agree to 1e-4 (fp32, CPU).
+//! output must agree to 1e-4 (fp32, CPU). The attention-map probes' probabilities must agree with
+//! those of timm's unfused attention to 1e-5.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -121,6 +122,39 @@ fn swin_from_a_microsoft_pth_named_in_the_config() {
     );
     let actual = infer(dir.path(), &cfg, "");
     assert_eq!(compare(dir.path(), &actual), 5);
+}
+
+/// Loads timm's weights in-process, runs the attention-map probes (`vpetl_core::viz::attention`)
+/// on timm's input and compares every site's probabilities with timm's; returns the sites compared.
+fn probes_match_timm(arch: &str, backbone: &str, kwargs: &str, input: i64) -> usize {
+    use vpetl_core::viz::attention::AttentionProbes;
+    let dir = tempfile::tempdir().unwrap();
+    reference(dir.path(), arch, kwargs, input, &["--attention"]);
+    vpetl_tests::init();
+    let node = vpetl_core::config::load::parse_yaml(&config(backbone, kwargs, input), &vpetl_core::config::Origin::new("<test>")).unwrap();
+    let cfg = vpetl_core::config::RunConfig::from_node(&node).unwrap();
+    let (vs, mut model) = vpetl_core::engine::runner::build_model(&cfg, tch::Device::Cpu).unwrap();
+    vpetl_core::engine::runner::load_weights(&vs, model.as_ref(), &dir.path().join("weights.safetensors"), &[]).unwrap();
+    let probes = AttentionProbes::install(model.as_mut()).unwrap();
+    let x: HashMap<String, Tensor> = Tensor::read_safetensors(dir.path().join("input.safetensors")).unwrap().into_iter().collect();
+    tch::no_grad(|| model.forward(&x["input"], Default::default()));
+    let caught = probes.take().unwrap();
+    let want: HashMap<String, Tensor> = Tensor::read_safetensors(dir.path().join("attention.safetensors")).unwrap().into_iter().collect();
+    assert_eq!(caught.len(), want.len());
+    for (i, c) in caught.iter().enumerate() {
+        let w = &want[&format!("attn.{i}")];
+        assert_eq!(c.probs.size(), w.size(), "{}", c.site);
+        let diff = (&c.probs - w).abs().max().double_value(&[]);
+        assert!(diff <= 1e-5, "{}: probabilities differ from timm's by {diff:e}", c.site);
+    }
+    caught.len()
+}
+
+#[test]
+fn attention_probes_match_timms_probabilities() {
+    assert_eq!(probes_match_timm("vit", "ViT", &format!("{{{VIT}}}"), 32), 3);
+    // 88 px / 4 = 22 tokens, then 11: padded to the window (4), shifted in odd blocks.
+    assert_eq!(probes_match_timm("swin", "Swin", SWIN, 88), 4);
 }
 
 #[test]

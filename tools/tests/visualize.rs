@@ -113,6 +113,50 @@ fn attention_names_a_missing_block_and_head() {
     assert!(!png.exists());
 }
 
+/// A two-epoch run of the quickstart's tiny Swin (narrowed to width 16 to keep the test short):
+/// its window attention for both epochs' checkpoints side by side, chosen stages and blocks, one
+/// head; then every stage's last block; errors name the stage or block.
+#[test]
+fn swin_window_attention_of_two_checkpoints_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let work_dir = dir.path().join("swin");
+    let cfg = quickstart("full_ft_swin_tiny_mnist1k.yaml");
+    let narrow = "model.backbone.embed_dim=16";
+    let (code, _, err) = run(
+        env!("CARGO_BIN_EXE_train"),
+        &[
+            &cfg, "--work-dir", s(&work_dir), "--cfg-options", "train_cfg.max_epochs=2", "train_cfg.val_interval=2",
+            "default_hooks.checkpoint.interval=1", "default_hooks.checkpoint.max_keep_ckpts=2", "default_hooks.logger.interval=10", narrow,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (e1, e2) = (work_dir.join("epoch_1.safetensors"), work_dir.join("epoch_2.safetensors"));
+    assert!(e1.exists() && e2.exists(), "{:?}", std::fs::read_dir(&work_dir).unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>());
+    let png = dir.path().join("swin.png");
+    let (code, stdout, err) = visualize(&[
+        "attention",
+        "--config", &cfg, "--checkpoint", s(&e1), "--label", "epoch 1",
+        "--config", &cfg, "--checkpoint", s(&e2), "--label", "epoch 2",
+        "--stages", "0,1", "--blocks", "0,1", "--head", "1", "--images", "2", "--cfg-options", narrow,
+        "--out", s(&png), "--size", "900x700",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("wrote"), "{stdout}");
+    check_png(&png, (900, 700));
+    let (code, _, err) = visualize(&["attention", "--config", &cfg, "--cfg-options", narrow, "--indices", "3", "--out", s(&png), "--size", "640x300"]);
+    assert_eq!(code, 0, "{err}");
+    check_png(&png, (640, 300));
+    let (code, _, err) = visualize(&["attention", "--config", &cfg, "--cfg-options", narrow, "--stages", "7", "--out", s(&png)]);
+    assert_eq!(code, 2);
+    assert!(err.contains("stage 7 does not exist (the backbone has 3 stages"), "{err}");
+    let (code, _, err) = visualize(&["attention", "--config", &cfg, "--cfg-options", narrow, "--blocks", "5", "--out", s(&png)]);
+    assert_eq!(code, 2);
+    assert!(err.contains("block 5 does not exist in stage 0"), "{err}");
+    let (code, _, err) = visualize(&["attention", "--config", &quickstart("lora_vit_tiny_mnist1k.yaml"), "--stages", "0", "--out", s(&png)]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--stages selects stages of a hierarchical backbone"), "{err}");
+}
+
 #[test]
 fn tsne_writes_png_and_csv() {
     let t = trained();

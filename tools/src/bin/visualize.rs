@@ -1,7 +1,9 @@
 //! `tools/visualize <attention|tsne|curves|results> ... --out OUT.png [--size WxH]`
 //!
 //! - `attention`: the class token's attention of chosen blocks (one head or their mean) and the
-//!   attention rollout, over a few test images; two models (config + checkpoint each) side by side.
+//!   attention rollout (ViT), or the window attention each token receives in chosen blocks of
+//!   chosen stages (Swin), over a few test images; two models (config + checkpoint each) side by
+//!   side.
 //! - `tsne`: a t-SNE of test-split features (pooled, or a block's), coloured by class; also CSV.
 //! - `curves`: loss, lr, metrics, memory over steps from `vis_data/scalars.json`, runs overlaid.
 //! - `results`: accuracy against trainable parameters and per-dataset bars from `results.json`s.
@@ -24,7 +26,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Class-token attention maps and attention rollout over test images (ViT backbones).
+    /// Attention maps over test images: ViT, the class token's attention and attention rollout;
+    /// Swin, the window attention each token receives (details with --help).
+    ///
+    /// ViT: the class token's attention over the patches in chosen blocks, and attention rollout
+    /// (Abnar & Zuidema 2020) through every block.
+    ///
+    /// Swin (no class token): for each token, the attention it receives from the queries of its
+    /// window, averaged over them (padding queries left out; a uniform window gives 1/N to each of
+    /// its N tokens), drawn where the token sits in the image: the cyclic shift of shifted blocks is
+    /// undone and padding dropped, so every map lines up with the input. Blocks are chosen within
+    /// stages (--stages, --blocks: default the last block of every stage); there is no rollout.
     Attention(AttentionArgs),
     /// t-SNE of test-split features, coloured by class (PNG, and CSV with --csv).
     Tsne(TsneArgs),
@@ -72,13 +84,17 @@ struct AttentionArgs {
     indices: Vec<usize>,
     #[arg(long, default_value_t = 3)]
     images: usize,
-    /// Blocks whose class-token attention is drawn (default: first, middle, last).
+    /// Blocks drawn: ViT, blocks in forward order (default: first, middle, last); Swin, blocks
+    /// within each of --stages (default: the last block of each).
     #[arg(long, value_delimiter = ',')]
     blocks: Vec<usize>,
+    /// Swin: the stages whose window attention is drawn (default: every stage).
+    #[arg(long, value_delimiter = ',')]
+    stages: Vec<usize>,
     /// One head instead of the mean of the heads.
     #[arg(long)]
     head: Option<i64>,
-    /// Leave out the attention rollout column.
+    /// Leave out the attention rollout column (ViT; Swin has none).
     #[arg(long)]
     no_rollout: bool,
     /// Opacity of the heat map over the image.
@@ -182,20 +198,34 @@ fn attention_cmd(a: AttentionArgs) -> anyhow::Result<()> {
     let (images, labels) = samples::load(dataset.as_ref(), &indices)?;
     let mut rows_per_model = Vec::new();
     let mut columns = Vec::new();
+    let mut windowed = false;
     for (i, Loaded { model, .. }) in models.iter_mut().enumerate() {
         let probes = attention::AttentionProbes::install(model.as_mut()).with_context(|| a.model.configs[i].display().to_string())?;
-        let depth = probes.site_names().len();
-        let blocks = if a.blocks.is_empty() {
-            let mut b = vec![0, depth / 2, depth - 1];
-            b.dedup();
-            b
-        } else {
-            a.blocks.clone()
+        let blocks = match probes.stages() {
+            Some(stages) => blocks_in_stages(&stages, &a.stages, &a.blocks)?,
+            None => {
+                ensure!(
+                    a.stages.is_empty(),
+                    "--stages selects stages of a hierarchical backbone (Swin); {} has a flat sequence of blocks: use --blocks",
+                    a.model.configs[i].display()
+                );
+                let depth = probes.site_names().len();
+                if a.blocks.is_empty() {
+                    let mut b = vec![0, depth / 2, depth - 1];
+                    b.dedup();
+                    b
+                } else {
+                    a.blocks.clone()
+                }
+            }
         };
         model.backbone().check_input(&images.size()).with_context(|| format!("images for {}", a.model.configs[i].display()))?;
         let out = tch::no_grad(|| model.forward(&images, Default::default()));
         let predicted: Vec<i64> = Vec::<i64>::try_from(out.logits.argmax(-1, false)).context("predictions")?;
-        let maps = attention::maps(&probes.take()?, &blocks, a.head, !a.no_rollout)?;
+        let captured = probes.take()?;
+        windowed |= captured.iter().any(|c| c.windows.is_some());
+        let with_rollout = !a.no_rollout && captured.iter().all(|c| c.windows.is_none());
+        let maps = attention::maps(&captured, &blocks, a.head, with_rollout)?;
         let titles: Vec<String> = std::iter::once("input".to_string()).chain(maps.iter().map(|(t, _)| t.clone())).collect();
         if columns.is_empty() {
             columns = titles;
@@ -221,10 +251,40 @@ fn attention_cmd(a: AttentionArgs) -> anyhow::Result<()> {
     }
     let size = a.output.size.unwrap_or_else(|| attention_figure::natural_size(columns.len(), rows.len(), 180));
     let what = if a.head.is_some() { "one head" } else { "mean over heads" };
-    let title = a.output.title.clone().unwrap_or_else(|| format!("Class-token attention ({what}) and attention rollout"));
+    let title = a.output.title.clone().unwrap_or_else(|| {
+        if windowed {
+            format!("Window attention received by each token ({what}), averaged over its window's queries")
+        } else if a.no_rollout {
+            format!("Class-token attention ({what})")
+        } else {
+            format!("Class-token attention ({what}) and attention rollout")
+        }
+    });
     attention_figure::plot(&a.output.out, size, &title, &columns, &rows, a.alpha)?;
     println!("wrote {}", a.output.out.display());
     Ok(())
+}
+
+/// Indices (into the attention sites) of `blocks` within each of `stages`; by default every stage
+/// and its last block.
+fn blocks_in_stages(stages: &[Vec<usize>], chosen: &[usize], blocks: &[usize]) -> anyhow::Result<Vec<usize>> {
+    let chosen: Vec<usize> = if chosen.is_empty() { (0..stages.len()).collect() } else { chosen.to_vec() };
+    let mut out = Vec::new();
+    for &s in &chosen {
+        let sites = stages
+            .get(s)
+            .ok_or_else(|| anyhow::anyhow!("stage {s} does not exist (the backbone has {} stages: 0 to {})", stages.len(), stages.len() - 1))?;
+        if blocks.is_empty() {
+            out.push(*sites.last().context("a stage without blocks")?);
+        }
+        for &b in blocks {
+            let site = sites.get(b).ok_or_else(|| {
+                anyhow::anyhow!("block {b} does not exist in stage {s} (it has {} blocks: 0 to {})", sites.len(), sites.len().saturating_sub(1))
+            })?;
+            out.push(*site);
+        }
+    }
+    Ok(out)
 }
 
 fn tsne_cmd(a: TsneArgs) -> anyhow::Result<()> {

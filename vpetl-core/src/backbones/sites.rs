@@ -8,7 +8,7 @@
 //! | kind | the backbone calls | a hook can |
 //! |---|---|---|
 //! | linear | `hooks.linear(id, x, base)` around a `Linear` | change its input, add to / rescale its output (LoRA, FacT, SSF, RepAdapter) |
-//! | attention | `hooks.attention_kv(id, k, v)` before attention, `hooks.attention_out(id, q, out)` after it (per head, before the output projection) | extend keys and values (prefix tuning), add parallel attention terms (U-Tuning) |
+//! | attention | `hooks.attention_kv(id, k, v)` before attention, `hooks.attention_layout(id, layout)` where the attention is not plain `softmax(q kᵀ / √d)` over the sequence (additive bias, windows), `hooks.attention_out(id, q, out)` after it (per head, before the output projection) | extend keys and values (prefix tuning), add parallel attention terms (U-Tuning), observe the attention (visualisers) |
 //! | branch | `hooks.branch(id, x, y)` on a residual branch's output `y` given its input `x` (and around a whole block: `y` the block's output, `x` its input) | sequential or parallel adapters (Houlsby, AdaptFormer, Hydra, U-Tuning) |
 //! | tokens | `hooks.tokens(id, t)` on the token sequence or feature map | insert or replace tokens (VPT), edit channels, modules on the residual stream (Mona), taps, side outputs (E3VA) |
 //! | norm | `hooks.norm(id, y)` after a normalisation layer | affine retuning (SSF) |
@@ -218,9 +218,26 @@ pub trait LinearHook: Send {
     fn output(&self, x: &Tensor, y: Tensor, ctx: &Ctx) -> Tensor;
 }
 
+/// How an attention differs from plain `softmax(q kᵀ / √d) v` over the site's token sequence, so
+/// that a hook can reconstruct its probabilities exactly. Backbones whose attention is plain (ViT)
+/// never send one.
+pub struct AttentionLayout<'a> {
+    /// The additive bias on the scaled scores before the softmax, broadcastable to
+    /// `(B', heads, N, keys)` (keys as extended by the hooks): relative position bias, shift masks.
+    pub bias: Option<&'a Tensor>,
+    /// Windowed attention: the rows `B' = B * nW` are windows of N tokens each. `(nW, N)` int64 on
+    /// the CPU: each token's index in the row-major grid of `Ctx::grid` (the map before any padding
+    /// and shift), -1 for padding; batch element `b` owns rows `b * nW .. (b + 1) * nW`. `None`:
+    /// the rows are the sequence itself.
+    pub windows: Option<&'a Tensor>,
+}
+
 pub trait AttentionHook: Send {
     /// Extends keys and values, each `(B, heads, N, head_dim)`.
     fn extend_kv(&self, k: Tensor, v: Tensor, ctx: &Ctx) -> (Tensor, Tensor);
+    /// Sees the layout of an attention that is not plain (after the keys were extended, before the
+    /// attention runs). Ignored by default.
+    fn layout(&self, _layout: &AttentionLayout, _ctx: &Ctx) {}
     /// Transforms the attention's per-head output `(B, heads, N, head_dim)` (before the heads are
     /// concatenated and projected) given the queries `q` `(B, heads, N, head_dim)`, unscaled.
     /// Unchanged by default.
@@ -325,6 +342,15 @@ impl Hooks {
             }
         }
         (k, v)
+    }
+
+    /// Shows the attention's [`AttentionLayout`] to the attention hooks.
+    pub fn attention_layout(&self, id: SiteId, layout: &AttentionLayout, ctx: &Ctx) {
+        for h in self.at(id) {
+            if let Hook::Attention(h) = h {
+                h.layout(layout, ctx);
+            }
+        }
     }
 
     /// The attention hooks' [`AttentionHook::output`], in installation order.

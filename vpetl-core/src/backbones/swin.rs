@@ -29,7 +29,7 @@ use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
 use super::layers::{drop_path, layer_norm, linear, norm, trunc_normal, Mlp};
-use super::sites::{Ctx, Hooks, SiteId, SiteKind, SiteMap, Tokens};
+use super::sites::{AttentionLayout, Ctx, Hooks, SiteId, SiteKind, SiteMap, Tokens};
 use super::{Backbone, BackboneOutput, BackboneSpec, ForwardOpts, Resample};
 use crate::checkpoint::load::Layout;
 
@@ -145,8 +145,9 @@ impl WindowAttention {
         self.rel_table.index_select(0, &self.rel_index).view([n, n, -1]).permute([2, 0, 1]).unsqueeze(0)
     }
 
-    /// `x`: `(B*nW, N, C)` windows; `mask`: `(nW, N, N)` additive shift mask.
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>, hooks: &Hooks, ctx: &Ctx) -> Tensor {
+    /// `x`: `(B*nW, N, C)` windows; `mask`: `(nW, N, N)` additive shift mask; `positions`: `(nW, N)`
+    /// grid index of each token (see [`AttentionLayout::windows`]), given when hooks are installed.
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>, positions: Option<&Tensor>, hooks: &Hooks, ctx: &Ctx) -> Tensor {
         let (bw, n, c) = x.size3().expect("windows are (B*nW, N, C)");
         let head_dim = c / self.num_heads;
         let qkv = hooks
@@ -165,6 +166,9 @@ impl WindowAttention {
         if extra > 0 {
             // Prefix keys added by a hook carry no position bias.
             attn_mask = attn_mask.expand([bw, self.num_heads, n, n], false).constant_pad_nd([extra, 0]);
+        }
+        if positions.is_some() {
+            hooks.attention_layout(self.attn_site, &AttentionLayout { bias: Some(&attn_mask), windows: positions }, ctx);
         }
         let out = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(attn_mask), 0.0, false, None, false);
         let out = hooks.attention_out(self.attn_site, &q, out, ctx);
@@ -271,13 +275,22 @@ impl SwinBlock {
         let shifted = shift.0 + shift.1 > 0;
         let pad = |t: &Tensor| if pad_h + pad_w > 0 { t.constant_pad_nd([0, 0, 0, pad_w, 0, pad_h]) } else { t.shallow_clone() };
         let roll = |t: &Tensor, sign: i64| if shifted { t.roll([sign * shift.0, sign * shift.1], [1, 2]) } else { t.shallow_clone() };
-        let prepared = match self.mode {
-            WindowMode::Classification => pad(&roll(x, -1)),
-            WindowMode::Detection => roll(&pad(x), -1),
+        let to_windows = |t: &Tensor| {
+            let prepared = match self.mode {
+                WindowMode::Classification => pad(&roll(t, -1)),
+                WindowMode::Detection => roll(&pad(t), -1),
+            };
+            window_partition(&prepared, win)
         };
         let mask = shifted.then(|| shift_mask(hp, wp, win, shift, x.device()));
-        let windows = window_partition(&prepared, win);
-        let out = self.attn.forward(&windows, mask.as_ref(), hooks, ctx);
+        let windows = to_windows(x);
+        // Hooks that reconstruct the attention (visualisers) need each token's place on the map:
+        // the grid indices (from 1, so that padding's zeros become -1) go through the same steps.
+        let positions = (hooks.installed(self.attn.attn_site) > 0).then(|| {
+            let index = Tensor::arange_start(1, h * w + 1, (Kind::Float, Device::Cpu)).view([1, h, w, 1]);
+            (to_windows(&index).view([-1, win.0 * win.1]) - 1.0).to_kind(Kind::Int64)
+        });
+        let out = self.attn.forward(&windows, mask.as_ref(), positions.as_ref(), hooks, ctx);
         let merged = window_reverse(&out, win, hp, wp);
         match self.mode {
             WindowMode::Classification => roll(&merged.narrow(1, 0, h).narrow(2, 0, w), 1),
