@@ -62,6 +62,8 @@ fn the_adapter_is_outside_the_mlp_drop_path() {
     let b = build(VIT_DROP_PATH, "[{type: AdaptFormer, bottleneck: 4, dropout: 0.0}]");
     randomize_methods(&b.vs);
     let x = input();
+    // The drop-path draws below must not interleave with another test's seeded build.
+    let _serial = serial();
     tch::manual_seed(11);
     let out = tch::no_grad(|| b.model.forward(&x, vpetl_core::backbones::ForwardOpts { train: true, collect_blocks: true }));
     let (x0, x1) = (&out.features.blocks[0], &out.features.blocks[1]);

@@ -39,6 +39,7 @@ fn prefix_tokens_are_untouched() {
     let x = input();
     let opts = ForwardOpts { train: false, collect_blocks: false };
     let before = tch::no_grad(|| b.model.forward(&x, opts).logits);
+    let _serial = serial();
     tch::no_grad(|| {
         for (name, mut var) in b.vs.variables() {
             if name.starts_with("methods.mona.blocks.1.") {
