@@ -60,7 +60,7 @@ fn build_unlocked(backbone: &str, methods: &str) -> Built {
     let vs = nn::VarStore::new(Device::Cpu);
     let model = cfg.model.unwrap().spec.build(&vs).unwrap_or_else(|e| panic!("{e:#}"));
     if !model.prepare_steps().is_empty() {
-        let data = SyntheticData { vs: Some(&vs), ..SyntheticData::new(model.as_ref(), 0) };
+        let data = SyntheticData { vs: Some(&vs), ..SyntheticData::new_unlocked(model.as_ref(), 0) };
         vpetl_core::engine::prepare::run_missing(model.as_ref(), &vs, &data).unwrap_or_else(|e| panic!("{e:#}"));
     }
     Built { vs, model }
@@ -77,7 +77,13 @@ pub struct SyntheticData<'a> {
 }
 
 impl<'a> SyntheticData<'a> {
+    /// Draws the batches under the generator's lock (see [`input`]).
     pub fn new(model: &'a dyn Model, seed: i64) -> Self {
+        let _serial = serial();
+        Self::new_unlocked(model, seed)
+    }
+
+    fn new_unlocked(model: &'a dyn Model, seed: i64) -> Self {
         tch::manual_seed(seed);
         let g = Tensor::randn([12, 3, 32, 32], (Kind::Float, Device::Cpu));
         let labels = Tensor::arange(12, (Kind::Int64, Device::Cpu)).remainder(NUM_CLASSES);
