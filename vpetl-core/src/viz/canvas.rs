@@ -56,6 +56,22 @@ pub fn draw_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow::anyhow!("drawing failed: {e}")
 }
 
+/// The series legend every chart draws: the embedded font on a translucent white box with a black
+/// border, at `position`.
+pub fn draw_legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> anyhow::Result<()> {
+    chart
+        .configure_series_labels()
+        .label_font(text(12.0))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(position)
+        .draw()
+        .map_err(draw_err)
+}
+
 /// A text style of the embedded font.
 pub fn text(size: f64) -> TextStyle<'static> {
     (super::font::FAMILY, size).into_font().color(&BLACK)

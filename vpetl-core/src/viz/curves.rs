@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use plotters::prelude::*;
 
-use super::canvas::{draw_err, render_png, text, Area};
+use super::canvas::{draw_err, draw_legend, render_png, text, Area};
 use super::palette::category;
 
 /// One run's logged lines.
@@ -169,14 +169,7 @@ fn panel_plot(area: &Area, runs: &[Run], key: &str) -> anyhow::Result<()> {
             chart.draw_series(s.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(draw_err)?;
         }
     }
-    chart
-        .configure_series_labels()
-        .label_font(text(12.0))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(draw_err)?;
+    draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     Ok(())
 }
 

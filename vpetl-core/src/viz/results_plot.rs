@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::ensure;
 use plotters::prelude::*;
 
-use super::canvas::{draw_err, render_png, text, Area};
+use super::canvas::{draw_err, draw_legend, render_png, text, Area};
 use super::palette::category;
 use crate::engine::results::Results;
 
@@ -91,14 +91,7 @@ fn tradeoff(area: &Area, entries: &[Entry], metric: &str) -> anyhow::Result<()> 
             )))])
             .map_err(draw_err)?;
     }
-    chart
-        .configure_series_labels()
-        .label_font(text(12.0))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(draw_err)?;
+    draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     Ok(())
 }
 
@@ -152,14 +145,7 @@ fn bars(area: &Area, entries: &[Entry], metric: &str) -> anyhow::Result<()> {
             .label(e.label.clone())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], c.filled()));
     }
-    chart
-        .configure_series_labels()
-        .label_font(text(12.0))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(draw_err)?;
+    draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     Ok(())
 }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::ensure;
 use plotters::prelude::*;
 
-use super::canvas::{draw_err, render_png, text};
+use super::canvas::{draw_err, draw_legend, render_png, text};
 use super::palette::category;
 
 /// Plots `points` coloured by `labels`; `names[c]` names class `c` in the legend (its number when
@@ -43,14 +43,7 @@ pub fn plot(path: &Path, size: (u32, u32), points: &[[f32; 2]], labels: &[i64], 
                 .label(format!("class {name}"))
                 .legend(move |(x, y)| Circle::new((x + 6, y), 4, color.filled()));
         }
-        chart
-            .configure_series_labels()
-            .label_font(text(12.0))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(draw_err)?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         Ok(())
     })
 }
