@@ -301,14 +301,8 @@ impl Search {
         let mut top: Vec<Arch> = Vec::new();
         for generation in 0..=spec.generations {
             // Random candidates fill the population up (bounded: a small space may run out).
-            let mut tries = 0;
-            while candidates.len() < spec.population && tries < 100 * spec.population {
-                tries += 1;
-                let cand = self.random(&mut rng);
-                if legal(&cand, &mut accuracy)? {
-                    candidates.push(cand);
-                }
-            }
+            let wanted = spec.population.saturating_sub(candidates.len());
+            propose(&mut candidates, wanted, 100 * spec.population, || self.random(&mut rng), |c| legal(c, &mut accuracy))?;
             ensure!(
                 !candidates.is_empty() || !top.is_empty(),
                 "NOAH search: no candidate within the parameter limits ({}..={}) was found; widen `search.param_limit`",
@@ -323,30 +317,42 @@ impl Search {
             if generation == spec.generations {
                 break;
             }
-            let mut tries = 0;
-            while candidates.len() < spec.mutations && tries < 10 * spec.mutations {
-                tries += 1;
-                let cand = self.mutate(top.choose(&mut rng).expect("non-empty"), &mut rng);
-                if legal(&cand, &mut accuracy)? {
-                    candidates.push(cand);
-                }
-            }
-            let (mut made, mut tries) = (0, 0);
-            while made < spec.crossovers && tries < 10 * spec.crossovers {
-                tries += 1;
+            let mutate = || self.mutate(top.choose(&mut rng).expect("non-empty"), &mut rng);
+            propose(&mut candidates, spec.mutations, 10 * spec.mutations, mutate, |c| legal(c, &mut accuracy))?;
+            let cross = || {
                 let (a, b) = (top.choose(&mut rng).expect("non-empty"), top.choose(&mut rng).expect("non-empty"));
-                let cand = Self::crossover(a, b, &mut rng);
-                if legal(&cand, &mut accuracy)? {
-                    candidates.push(cand);
-                    made += 1;
-                }
-            }
+                Self::crossover(a, b, &mut rng)
+            };
+            propose(&mut candidates, spec.crossovers, 10 * spec.crossovers, cross, |c| legal(c, &mut accuracy))?;
         }
         report.progress(total, total);
         let best = top.swap_remove(0);
         let acc = accuracy[&best];
         Ok((best, acc))
     }
+}
+
+/// NOAH's bounded proposal loops: adds up to `wanted` candidates that `make` proposes and `legal`
+/// accepts (and evaluates), giving up after `tries` proposals.
+fn propose(
+    out: &mut Vec<Arch>,
+    wanted: usize,
+    tries: usize,
+    mut make: impl FnMut() -> Arch,
+    mut legal: impl FnMut(&Arch) -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let mut added = 0;
+    for _ in 0..tries {
+        if added == wanted {
+            break;
+        }
+        let cand = make();
+        if legal(&cand)? {
+            out.push(cand);
+            added += 1;
+        }
+    }
+    Ok(())
 }
 
 fn sizes(t: &Tensor) -> anyhow::Result<Vec<i64>> {
