@@ -9,7 +9,7 @@ use image::RgbImage;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::Tensor;
-use vpetl_cls::transforms::{to_tensor, CenterCropSpec, Interpolation, Normalize, ResizeSpec, Size, TransformSpec};
+use vpetl_cls::transforms::{apply_steps, to_tensor, CenterCropSpec, Interpolation, Normalize, ResizeSpec, Size, TransformSpec};
 
 /// Smooth content with noise (a JPEG-like photo rather than white noise, so both filters matter).
 fn image(w: u32, h: u32, seed: u64) -> RgbImage {
@@ -56,6 +56,11 @@ fn resize_crop_and_normalise_match_torchvision_on_pil_images() {
         ("wide", 1242, 375, Size::Shorter(224), Interpolation::Bilinear, None),
         ("exact_bicubic", 375, 500, Size::Exact([224, 224]), Interpolation::Bicubic, None),
         ("up_bicubic", 28, 28, Size::Exact([32, 32]), Interpolation::Bicubic, None),
+        // Margins 7 and 11: torchvision's round-half-to-even offsets are 4 and 6, not 3 and 5.
+        ("crop_odd", 231, 235, Size::Exact([235, 231]), Interpolation::Bilinear, Some(224)),
+        ("down_odd", 640, 481, Size::Shorter(227), Interpolation::Bicubic, Some(224)),
+        // A crop larger than the image: black padding first.
+        ("pad", 201, 150, Size::Exact([150, 201]), Interpolation::Bilinear, Some(224)),
     ];
     let mut args = Vec::new();
     for (i, (name, w, h, size, interp, crop)) in cases.iter().enumerate() {
@@ -76,10 +81,16 @@ fn resize_crop_and_normalise_match_torchvision_on_pil_images() {
 
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     for (i, (name, w, h, size, interp, crop)) in cases.iter().enumerate() {
-        let mut img = ResizeSpec { size: size.clone(), interpolation: *interp }.apply(image(*w, *h, i as u64), &mut rng);
-        if let Some(c) = crop {
-            img = CenterCropSpec { size: [*c, *c] }.apply(img, &mut rng);
+        let resize = ResizeSpec { size: size.clone(), interpolation: *interp };
+        let mut img = resize.apply(image(*w, *h, i as u64), &mut rng);
+        let centre = crop.map(|c| CenterCropSpec { size: [c, c] });
+        if let Some(c) = &centre {
+            img = c.apply(img, &mut rng);
         }
+        // The pipeline's way: a resize followed by a crop computes only the kept pixels.
+        let steps: Vec<&dyn TransformSpec> = std::iter::once(&resize as &dyn TransformSpec).chain(centre.as_ref().map(|c| c as &dyn TransformSpec)).collect();
+        let fused = apply_steps(steps, image(*w, *h, i as u64), &mut rng);
+        assert!(fused == img, "{name}: the fused resize and crop differ from resizing, then cropping");
         let want = &expected[&format!("{name}.pixels")];
         let (ew, eh) = (want.size()[1], want.size()[0]);
         assert_eq!((img.width() as i64, img.height() as i64), (ew, eh), "{name}: output size differs from torchvision's");

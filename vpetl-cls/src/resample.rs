@@ -53,34 +53,48 @@ impl Filter {
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
-/// For each output position: the first input index and its fixed-point weights.
+/// For each output position: the first input index, and its fixed-point weights at `k * i ..` (all
+/// positions padded to the same `k` taps with zero weights, as Pillow lays them out).
 struct Coeffs {
     start: Vec<usize>,
-    weights: Vec<Vec<i32>>,
+    k: usize,
+    weights: Vec<i32>,
 }
 
-fn coeffs(in_size: usize, out_size: usize, filter: Filter) -> Coeffs {
+impl Coeffs {
+    fn of(&self, i: usize) -> (usize, &[i32]) {
+        (self.start[i], &self.weights[i * self.k..(i + 1) * self.k])
+    }
+}
+
+/// The coefficients of output positions `first..first + count` of a resize from `in_size` to
+/// `out_size` (each position's are independent of the others', so a crop of the output needs only
+/// its own).
+fn coeffs(in_size: usize, out_size: usize, filter: Filter, first: usize, count: usize) -> Coeffs {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = filter.support() * filterscale;
-    let mut start = Vec::with_capacity(out_size);
-    let mut weights = Vec::with_capacity(out_size);
-    for xx in 0..out_size {
+    let k = (support.ceil() as usize) * 2 + 1;
+    let mut start = Vec::with_capacity(count);
+    let mut weights = vec![0i32; count * k];
+    let one = (1u32 << PRECISION_BITS) as f64;
+    for (j, xx) in (first..first + count).enumerate() {
         let center = (xx as f64 + 0.5) * scale;
         // C's (int) cast truncates toward zero; the clamp at 0 makes that a floor here.
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-        let mut w: Vec<f64> = (xmin..xmax).map(|x| filter.weight((x as f64 - center + 0.5) / filterscale)).collect();
+        // Pillow never lets a window exceed its `k` taps.
+        let xmax = (((center + support + 0.5) as i64).min(in_size as i64) as usize).min(xmin + k);
+        let w: Vec<f64> = (xmin..xmax).map(|x| filter.weight((x as f64 - center + 0.5) / filterscale)).collect();
         let total: f64 = w.iter().sum();
-        if total != 0.0 {
-            w.iter_mut().for_each(|v| *v /= total);
+        let norm = if total != 0.0 { total } else { 1.0 };
+        for (slot, v) in weights[j * k..].iter_mut().zip(&w) {
+            let v = v / norm;
+            // Rounded away from zero, as `normalize_coeffs_8bpc` does.
+            *slot = if v < 0.0 { (-0.5 + v * one) as i32 } else { (0.5 + v * one) as i32 };
         }
-        let one = (1u32 << PRECISION_BITS) as f64;
-        // Rounded away from zero, as `normalize_coeffs_8bpc` does.
-        weights.push(w.iter().map(|v| if *v < 0.0 { (-0.5 + v * one) as i32 } else { (0.5 + v * one) as i32 }).collect());
         start.push(xmin);
     }
-    Coeffs { start, weights }
+    Coeffs { start, k, weights }
 }
 
 #[inline]
@@ -88,77 +102,131 @@ fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
+/// A rectangle of an image: `x, y` its top-left corner, `width, height` its size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
 /// `img.resize((width, height), filter)` as PIL computes it.
 pub fn resize(img: &RgbImage, width: u32, height: u32, filter: Filter) -> RgbImage {
+    resize_region(img, width, height, filter, Region { x: 0, y: 0, width, height })
+}
+
+/// `region` of `img.resize((width, height), filter)`: the same bytes as resizing, then cropping,
+/// computing only the output pixels the crop keeps (a resize followed by a centre crop).
+pub fn resize_region(img: &RgbImage, width: u32, height: u32, filter: Filter, region: Region) -> RgbImage {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let (nw, nh) = (width as usize, height as usize);
+    let (rx, ry, rw, rh) = (region.x as usize, region.y as usize, region.width as usize, region.height as usize);
+    assert!(rx + rw <= nw && ry + rh <= nh, "region {region:?} outside the {nw}x{nh} output");
     if (nw, nh) == (w, h) {
-        return img.clone();
+        return image::imageops::crop_imm(img, region.x, region.y, region.width, region.height).to_image();
     }
     if filter == Filter::Nearest {
-        return nearest(img, nw, nh);
+        return nearest(img, nw, nh, region);
     }
     let src = img.as_raw();
-    let horiz = coeffs(w, nw, filter);
-    let vert = coeffs(h, nh, filter);
-    // The horizontal pass only needs the rows the vertical pass reads.
-    let (row0, row1) = if nh != h {
-        let last = nh - 1;
-        (vert.start[0], vert.start[last] + vert.weights[last].len())
-    } else {
-        (0, h)
+    let horiz = (nw != w).then(|| coeffs(w, nw, filter, rx, rw));
+    let vert = (nh != h).then(|| coeffs(h, nh, filter, ry, rh));
+    // The horizontal pass only needs the input rows the vertical pass reads.
+    let (row0, row1) = match &vert {
+        Some(v) => (v.start[0], (0..rh).map(|i| v.start[i] + v.k).max().unwrap_or(0).min(h)),
+        None => (ry, ry + rh),
     };
     let half = 1i32 << (PRECISION_BITS - 1);
-    let (tmp, tw) = if nw != w {
-        let mut tmp = vec![0u8; (row1 - row0) * nw * 3];
-        for y in row0..row1 {
-            let line = &src[y * w * 3..(y + 1) * w * 3];
-            let out = &mut tmp[(y - row0) * nw * 3..(y - row0 + 1) * nw * 3];
-            for xx in 0..nw {
-                let (x0, k) = (horiz.start[xx], &horiz.weights[xx]);
-                let mut acc = [half; 3];
-                for (i, &kw) in k.iter().enumerate() {
-                    let p = &line[(x0 + i) * 3..(x0 + i) * 3 + 3];
-                    for c in 0..3 {
-                        acc[c] += p[c] as i32 * kw;
+    // The intermediate: rows row0..row1 at the output's width (only the region's columns).
+    let (tmp, tw) = match &horiz {
+        Some(hc) => {
+            let mut tmp = vec![0u8; (row1 - row0) * rw * 3];
+            for y in row0..row1 {
+                let line = &src[y * w * 3..(y + 1) * w * 3];
+                let out = &mut tmp[(y - row0) * rw * 3..(y - row0 + 1) * rw * 3];
+                for (xx, px) in out.chunks_exact_mut(3).enumerate() {
+                    let (x0, k) = hc.of(xx);
+                    let taps = k.len().min(w - x0);
+                    let mut acc = [half; 3];
+                    for (p, &kw) in line[x0 * 3..(x0 + taps) * 3].chunks_exact(3).zip(k) {
+                        acc[0] += p[0] as i32 * kw;
+                        acc[1] += p[1] as i32 * kw;
+                        acc[2] += p[2] as i32 * kw;
                     }
-                }
-                for c in 0..3 {
-                    out[xx * 3 + c] = clip8(acc[c]);
+                    px[0] = clip8(acc[0]);
+                    px[1] = clip8(acc[1]);
+                    px[2] = clip8(acc[2]);
                 }
             }
+            (tmp, rw)
         }
-        (tmp, nw)
-    } else {
-        (src[row0 * w * 3..row1 * w * 3].to_vec(), w)
+        None => {
+            let mut tmp = Vec::with_capacity((row1 - row0) * rw * 3);
+            for y in row0..row1 {
+                tmp.extend_from_slice(&src[(y * w + rx) * 3..(y * w + rx + rw) * 3]);
+            }
+            (tmp, rw)
+        }
     };
-    if nh == h {
-        return RgbImage::from_raw(tw as u32, nh as u32, tmp).expect("buffer size");
-    }
-    let mut out = vec![0u8; nh * tw * 3];
     let stride = tw * 3;
-    for yy in 0..nh {
-        let (y0, k) = (vert.start[yy] - row0, &vert.weights[yy]);
-        let dst = &mut out[yy * stride..(yy + 1) * stride];
-        for (x, d) in dst.iter_mut().enumerate() {
-            let mut acc = half;
-            for (i, &kw) in k.iter().enumerate() {
-                acc += tmp[(y0 + i) * stride + x] as i32 * kw;
+    let Some(vc) = vert else {
+        return RgbImage::from_raw(tw as u32, rh as u32, tmp).expect("buffer size");
+    };
+    let mut out = vec![0u8; rh * stride];
+    // Row by row with a row of accumulators, so the inner loop runs along contiguous bytes.
+    let mut acc = vec![0i32; stride];
+    for (yy, dst) in out.chunks_exact_mut(stride).enumerate() {
+        let (y0, k) = vc.of(yy);
+        let taps = k.len().min(h - y0);
+        acc.fill(half);
+        for (i, &kw) in k[..taps].iter().enumerate() {
+            if kw == 0 {
+                continue;
             }
-            *d = clip8(acc);
+            let row = &tmp[(y0 - row0 + i) * stride..(y0 - row0 + i + 1) * stride];
+            for (a, &p) in acc.iter_mut().zip(row) {
+                *a += p as i32 * kw;
+            }
+        }
+        for (d, &a) in dst.iter_mut().zip(&acc) {
+            *d = clip8(a);
         }
     }
-    RgbImage::from_raw(tw as u32, nh as u32, out).expect("buffer size")
+    RgbImage::from_raw(tw as u32, rh as u32, out).expect("buffer size")
 }
 
 /// PIL's nearest resize: the source pixel under each output pixel's centre.
-fn nearest(img: &RgbImage, nw: usize, nh: usize) -> RgbImage {
+fn nearest(img: &RgbImage, nw: usize, nh: usize, region: Region) -> RgbImage {
     let (w, h) = (img.width() as f64, img.height() as f64);
     let sx = w / nw as f64;
     let sy = h / nh as f64;
-    RgbImage::from_fn(nw as u32, nh as u32, |x, y| {
+    RgbImage::from_fn(region.width, region.height, |x, y| {
+        let (x, y) = (x + region.x, y + region.y);
         let ix = (((x as f64 + 0.5) * sx) as u32).min(img.width() - 1);
         let iy = (((y as f64 + 0.5) * sy) as u32).min(img.height() - 1);
         *img.get_pixel(ix, iy)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn a_region_is_the_crop_of_the_whole_resize() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for case in 0..60 {
+            let (w, h) = (rng.gen_range(1..90), rng.gen_range(1..90));
+            let img = RgbImage::from_fn(w, h, |_, _| image::Rgb([rng.gen(), rng.gen(), rng.gen()]));
+            let (nw, nh) = (rng.gen_range(1..120), rng.gen_range(1..120));
+            let filter = [Filter::Bilinear, Filter::Bicubic, Filter::Nearest][case % 3];
+            let (rw, rh) = (rng.gen_range(1..=nw), rng.gen_range(1..=nh));
+            let region = Region { x: rng.gen_range(0..=nw - rw), y: rng.gen_range(0..=nh - rh), width: rw, height: rh };
+            let whole = resize(&img, nw, nh, filter);
+            let want = image::imageops::crop_imm(&whole, region.x, region.y, rw, rh).to_image();
+            assert!(resize_region(&img, nw, nh, filter, region) == want, "{w}x{h} -> {nw}x{nh} {filter:?}, {region:?}");
+        }
+    }
 }

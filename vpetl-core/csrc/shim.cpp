@@ -1,5 +1,5 @@
 // The C ABI over the parts of libtorch that tch does not bind: c10d (TCPStore, ProcessGroupGloo and
-// the Backend collectives), c10::InferenceMode and autocast's dtype. Rust calls these through
+// the Backend collectives), c10::InferenceMode, autocast's dtype and the fused AdamW kernel. Rust calls these through
 // `vpetl_core::shim`. Tensors arrive as tch's `*mut C_tensor`, which torch-sys defines as
 // `at::Tensor*`.
 //
@@ -215,6 +215,19 @@ int vpetl_cuda_memory_stats(int device, int64_t* out) {
 
 int vpetl_cuda_reset_peak_memory(int device) {
   return guarded([&] { c10::getDeviceAllocator(c10::DeviceType::CUDA)->resetPeakStats(static_cast<c10::DeviceIndex>(device)); });
+}
+
+// ---- optimiser -------------------------------------------------------------------------------
+
+// One AdamW update of `n` tensors sharing lr and weight decay with ATen's fused kernel (what
+// `torch.optim.AdamW(fused=True)` calls): one vectorised pass per tensor instead of a chain of
+// full-size temporaries. `steps[i]` holds the step count, already incremented, as a float scalar.
+int vpetl_fused_adamw(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_avgs, at::Tensor** exp_avg_sqs,
+                      at::Tensor** steps, int n, double lr, double beta1, double beta2, double weight_decay, double eps) {
+  return guarded([&] {
+    at::_fused_adamw_(tensors_of(params, n), tensors_of(grads, n), tensors_of(exp_avgs, n), tensors_of(exp_avg_sqs, n), {},
+                      tensors_of(steps, n), lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false);
+  });
 }
 
 }  // extern "C"

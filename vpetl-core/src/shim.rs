@@ -1,10 +1,10 @@
 //! The C++ shim (`vpetl-core/csrc/`): what libtorch offers and tch does not bind.
 //!
 //! `shim.cpp` is linked in (c10d TCPStore and ProcessGroupGloo, `c10::InferenceMode`, autocast's
-//! dtype, the CUDA caching allocator's statistics through c10's generic device allocator);
+//! dtype, the CUDA caching allocator's statistics through c10's generic device allocator, the fused AdamW kernel);
 //! `cuda_shim.cpp` is a shared library loaded on demand once libtorch's CUDA backend is loaded
 //! (ProcessGroupNCCL, whose header needs CUDA's). Safe wrappers live with their
-//! users: `dist`, `inference`, `engine::amp`, `engine::memory`.
+//! users: `dist`, `inference`, `engine::amp`, `engine::memory`, `engine::optim`.
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::path::PathBuf;
@@ -39,6 +39,20 @@ extern "C" {
     pub fn vpetl_cuda_memory_stats(device: c_int, out: *mut i64) -> c_int;
     pub fn vpetl_cuda_reset_peak_memory(device: c_int) -> c_int;
     pub fn vpetl_autocast_decrement_nesting() -> c_int;
+    #[allow(clippy::too_many_arguments)]
+    pub fn vpetl_fused_adamw(
+        params: *const RawTensor,
+        grads: *const RawTensor,
+        exp_avgs: *const RawTensor,
+        exp_avg_sqs: *const RawTensor,
+        steps: *const RawTensor,
+        n: c_int,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+    ) -> c_int;
 }
 
 /// The shim's last error on this thread (the first part of a c10 message, without its backtrace).

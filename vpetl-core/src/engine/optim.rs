@@ -1,12 +1,14 @@
 //! Optimisers whose state is ordinary named tensors (tch cannot save its own), so checkpoints
 //! resume exactly. AdamW and SGD follow `torch.optim` to the letter (same update order, bias
-//! corrections, decoupled decay for AdamW, momentum buffer seeded with the first gradient for SGD).
+//! corrections, decoupled decay for AdamW, momentum buffer seeded with the first gradient for SGD);
+//! AdamW runs ATen's fused kernel, as `torch.optim.AdamW(fused=True)` does.
 //!
 //! Parameter groups (`paramwise:`): `no_decay` (regexes over variable names) sets weight decay to 0
 //! for matching tensors; `lr_mult` (`{regex: factor}`) scales their learning rate (the first
 //! matching regex wins).
 
 use std::collections::BTreeMap;
+use std::ffi::c_int;
 
 use anyhow::Context;
 use regex::Regex;
@@ -14,6 +16,7 @@ use serde::Deserialize;
 use tch::{Kind, Tensor};
 
 use crate::registry::{Kind as RegKind, KindOf};
+use crate::shim::{self, RawTensor};
 
 pub trait OptimizerSpec: std::fmt::Debug {
     fn build(&self, params: Vec<(String, Tensor)>) -> anyhow::Result<Box<dyn Optimizer>>;
@@ -93,6 +96,10 @@ struct AdamW {
     params: Vec<Param>,
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
+    /// Each parameter's own update count (a float scalar on its device, as the fused kernel reads
+    /// it): torch counts per parameter, so one that had no gradient at a step is corrected for
+    /// fewer steps.
+    param_steps: Vec<Tensor>,
     steps: u64,
 }
 
@@ -101,7 +108,8 @@ impl OptimizerSpec for AdamWSpec {
         let params = self.paramwise.assign(params, self.weight_decay)?;
         let exp_avg = params.iter().map(|p| p.tensor.zeros_like()).collect();
         let exp_avg_sq = params.iter().map(|p| p.tensor.zeros_like()).collect();
-        Ok(Box::new(AdamW { spec: self.clone(), params, exp_avg, exp_avg_sq, steps: 0 }))
+        let param_steps = params.iter().map(|p| Tensor::zeros([], (Kind::Float, p.tensor.device()))).collect();
+        Ok(Box::new(AdamW { spec: self.clone(), params, exp_avg, exp_avg_sq, param_steps, steps: 0 }))
     }
 
     fn lr(&self) -> f64 {
@@ -110,26 +118,49 @@ impl OptimizerSpec for AdamWSpec {
 }
 
 impl Optimizer for AdamW {
+    /// torch.optim.AdamW's update (decoupled decay, bias corrections, eps outside the square root)
+    /// through ATen's fused kernel, as `AdamW(fused=True)`: per group of tensors that share learning
+    /// rate, weight decay, dtype and device, one pass over each tensor.
     fn step(&mut self, lr: f64) {
         self.steps += 1;
         let (b1, b2) = self.spec.betas;
-        let bc1 = 1.0 - b1.powi(self.steps as i32);
-        let bc2 = 1.0 - b2.powi(self.steps as i32);
+        let mut groups: Vec<(GroupKey, Vec<usize>)> = Vec::new();
+        let grads: Vec<Tensor> = self.params.iter().map(|p| p.tensor.grad()).collect();
+        for (i, (p, g)) in self.params.iter().zip(&grads).enumerate() {
+            if !g.defined() {
+                continue;
+            }
+            let key = GroupKey::of(p, lr);
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((key, vec![i])),
+            }
+        }
         tch::no_grad(|| {
-            for ((p, m), v) in self.params.iter().zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq) {
-                let g = p.tensor.grad();
-                if !g.defined() {
-                    continue;
+            for (key, members) in &groups {
+                for &i in members {
+                    let _ = self.param_steps[i].g_add_scalar_(1.0);
                 }
-                let lr = lr * p.lr_mult;
-                let mut w = p.tensor.shallow_clone();
-                if p.weight_decay != 0.0 {
-                    let _ = w.g_mul_scalar_(1.0 - lr * p.weight_decay);
-                }
-                let _ = m.g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
-                let _ = v.g_mul_scalar_(b2).g_add_(&(&g * &g * (1.0 - b2)));
-                let denom = v.sqrt() / bc2.sqrt() + self.spec.eps;
-                w -= m.as_ref() / denom * (lr / bc1);
+                let raws = |ts: &[Tensor]| members.iter().map(|&i| shim::raw(&ts[i])).collect::<Vec<_>>();
+                let params: Vec<RawTensor> = members.iter().map(|&i| shim::raw(&self.params[i].tensor)).collect();
+                let (g, m, v, steps) = (raws(&grads), raws(&self.exp_avg), raws(&self.exp_avg_sq), raws(&self.param_steps));
+                // SAFETY: every pointer is a live tensor held by `self` or `grads` for the call.
+                let status = unsafe {
+                    shim::vpetl_fused_adamw(
+                        params.as_ptr(),
+                        g.as_ptr(),
+                        m.as_ptr(),
+                        v.as_ptr(),
+                        steps.as_ptr(),
+                        members.len() as c_int,
+                        key.lr(),
+                        b1,
+                        b2,
+                        key.weight_decay(),
+                        self.spec.eps,
+                    )
+                };
+                assert!(status == 0, "AdamW step failed: {}", shim::last_error());
             }
         });
     }
@@ -144,6 +175,9 @@ impl Optimizer for AdamW {
             out.push((format!("{}.exp_avg", p.name), m.shallow_clone()));
             out.push((format!("{}.exp_avg_sq", p.name), v.shallow_clone()));
         }
+        for (p, n) in self.params.iter().zip(&self.param_steps) {
+            out.push((format!("{}.step", p.name), n.shallow_clone()));
+        }
         (out, self.steps)
     }
 
@@ -151,6 +185,15 @@ impl Optimizer for AdamW {
         for ((p, m), v) in self.params.iter().zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq) {
             copy_slot(m, tensors, &format!("{}.exp_avg", p.name))?;
             copy_slot(v, tensors, &format!("{}.exp_avg_sq", p.name))?;
+        }
+        for (p, n) in self.params.iter().zip(&mut self.param_steps) {
+            // Checkpoints written before per-parameter counts: every parameter had the global count.
+            match tensors.get(&format!("{}.step", p.name)) {
+                Some(_) => copy_slot(n, tensors, &format!("{}.step", p.name))?,
+                None => tch::no_grad(|| {
+                    let _ = n.fill_(steps as f64);
+                }),
+            }
         }
         self.steps = steps;
         Ok(())
@@ -255,6 +298,29 @@ impl Optimizer for Sgd {
 
     fn params(&self) -> &[Param] {
         &self.params
+    }
+}
+
+/// What tensors must share to be updated by one fused call.
+#[derive(PartialEq)]
+struct GroupKey {
+    lr: u64,
+    weight_decay: u64,
+    kind: Kind,
+    device: tch::Device,
+}
+
+impl GroupKey {
+    fn of(p: &Param, lr: f64) -> Self {
+        GroupKey { lr: (lr * p.lr_mult).to_bits(), weight_decay: p.weight_decay.to_bits(), kind: p.tensor.kind(), device: p.tensor.device() }
+    }
+
+    fn lr(&self) -> f64 {
+        f64::from_bits(self.lr)
+    }
+
+    fn weight_decay(&self) -> f64 {
+        f64::from_bits(self.weight_decay)
     }
 }
 
