@@ -70,3 +70,61 @@ impl Mlp {
 pub fn norm(layer: &nn::LayerNorm, site: SiteId, x: &Tensor, hooks: &Hooks, ctx: &Ctx) -> Tensor {
     hooks.norm(site, layer.forward(x), ctx)
 }
+
+/// Sequences up to this many keys take the unfused path on the CPU.
+pub const UNFUSED_MAX_KEYS: i64 = 128;
+
+/// `softmax(q kᵀ / sqrt(d) + bias) v` over `(B, heads, N, d)` tensors: what
+/// `scaled_dot_product_attention` computes, choosing the faster kernel for the shape.
+///
+/// Why not always the fused kernel: on the CPU, libtorch's flash-attention kernel (blocks of 32
+/// queries by 512 keys) is 1.4 to 2.3 times slower, forward plus backward, than two batched matrix
+/// products and a softmax when there are few keys (ViT-tiny/4 at 32 px: 65 tokens; Swin's 7×7
+/// windows: 49), and faster from about 200 keys on (ViT at 224 px: 197); measured with 2 threads
+/// for head widths 16 to 64 (BENCHMARKS.md). On CUDA the fused kernels always win.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    if q.device() == tch::Device::Cpu && k.size()[2] <= UNFUSED_MAX_KEYS {
+        let scale = (*q.size().last().expect("q has a head axis") as f64).powf(-0.5);
+        let scores = (q * scale).matmul(&k.transpose(-2, -1));
+        let scores = match bias {
+            Some(b) => scores + b,
+            None => scores,
+        };
+        return scores.softmax(-1, scores.kind()).matmul(v);
+    }
+    Tensor::scaled_dot_product_attention(q, k, v, bias.map(Tensor::shallow_clone), 0.0, false, None, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    /// Both paths (few keys: unfused; many: fused) give SDPA's values and gradients, with and
+    /// without an additive bias.
+    #[test]
+    fn attention_equals_sdpa_on_both_paths() {
+        let opts = (Kind::Float, Device::Cpu);
+        for n in [49, UNFUSED_MAX_KEYS, UNFUSED_MAX_KEYS + 72] {
+            for with_bias in [false, true] {
+                let leaf = |s: &[i64]| Tensor::randn(s, opts).set_requires_grad(true);
+                let (q, k, v) = (leaf(&[2, 3, n, 16]), leaf(&[2, 3, n, 16]), leaf(&[2, 3, n, 16]));
+                let bias = with_bias.then(|| Tensor::randn([2, 3, n, n], opts));
+                let grads = |out: Tensor| {
+                    out.backward_with_grad(&Tensor::ones_like(&out), false, false);
+                    let g: Vec<Tensor> = [&q, &k, &v].iter().map(|t| t.grad().copy()).collect();
+                    [&q, &k, &v].iter().for_each(|t| t.grad().zero_());
+                    (out.detach(), g)
+                };
+                let (ours, g_ours) = grads(attention(&q, &k, &v, bias.as_ref()));
+                let (want, g_want) = grads(Tensor::scaled_dot_product_attention(&q, &k, &v, bias.as_ref().map(Tensor::shallow_clone), 0.0, false, None, false));
+                let d = (ours - want).abs().max().double_value(&[]);
+                assert!(d < 1e-5, "{n} keys, bias {with_bias}: values differ by {d:e}");
+                for (a, b) in g_ours.iter().zip(&g_want) {
+                    let d = (a - b).abs().max().double_value(&[]);
+                    assert!(d < 1e-4, "{n} keys, bias {with_bias}: gradients differ by {d:e}");
+                }
+            }
+        }
+    }
+}

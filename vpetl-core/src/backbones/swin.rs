@@ -28,7 +28,7 @@ use serde::Deserialize;
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
-use super::layers::{drop_path, layer_norm, linear, norm, trunc_normal, Mlp};
+use super::layers::{attention, drop_path, layer_norm, linear, norm, trunc_normal, Mlp};
 use super::sites::{AttentionLayout, Ctx, Hooks, SiteId, SiteKind, SiteMap, Tokens};
 use super::{Backbone, BackboneOutput, BackboneSpec, ForwardOpts, Resample};
 use crate::checkpoint::load::Layout;
@@ -170,7 +170,7 @@ impl WindowAttention {
         if positions.is_some() {
             hooks.attention_layout(self.attn_site, &AttentionLayout { bias: Some(&attn_mask), windows: positions }, ctx);
         }
-        let out = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(attn_mask), 0.0, false, None, false);
+        let out = attention(&q, &k, &v, Some(&attn_mask));
         let out = hooks.attention_out(self.attn_site, &q, out, ctx);
         let out = out.transpose(1, 2).reshape([bw, n, c]);
         hooks.linear(self.proj_site, &out, &self.proj, ctx)

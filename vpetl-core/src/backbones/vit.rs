@@ -18,7 +18,7 @@ use serde::Deserialize;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use super::layers::{drop_path, layer_norm, layer_scale, linear, norm, trunc_normal, Mlp};
+use super::layers::{attention, drop_path, layer_norm, layer_scale, linear, norm, trunc_normal, Mlp};
 use super::sites::{Ctx, Hooks, SiteId, SiteKind, SiteMap, Tokens};
 use super::{Backbone, BackboneOutput, BackboneSpec, ForwardOpts, Resample};
 
@@ -129,7 +129,7 @@ impl Attention {
             .permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
         let (k, v) = hooks.attention_kv(self.attn_site, k, v, ctx);
-        let out = Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, false, None, false);
+        let out = attention(&q, &k, &v, None);
         let out = hooks.attention_out(self.attn_site, &q, out, ctx);
         let out = out.transpose(1, 2).reshape([b, n, c]);
         hooks.linear(self.proj_site, &out, &self.proj, ctx)

@@ -56,7 +56,7 @@ use tch::Tensor;
 
 use super::side::{block_sites, named_site, slot, Norm, SideOutput, Slot, TorchLinear, VIT_EPS};
 use super::{AttachCtx, Attached, MethodSpec};
-use crate::backbones::layers::{drop_path, linear};
+use crate::backbones::layers::{attention, drop_path, linear};
 use crate::backbones::sites::{Ctx, Hook, SiteKind, Tokens, TokensHook};
 
 #[derive(Clone, Debug, Deserialize)]
@@ -204,7 +204,7 @@ impl SideBlock {
         };
         let q = split(self.q.forward(&self.norm1.forward(y)));
         let (k, v) = (split(self.k.forward(c)), split(self.v.forward(c)));
-        let a = Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, false, None, false);
+        let a = attention(&q, &k, &v, None);
         let a = self.proj.forward(&a.transpose(1, 2).reshape([b, n, d]));
         let y = y + drop_path(a, self.drop_path, train) + g;
         let m = self.fc2.forward(&self.fc1.forward(&self.norm2.forward(&y)).gelu("none"));

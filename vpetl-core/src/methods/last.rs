@@ -28,6 +28,7 @@ use tch::Tensor;
 
 use super::side::{block_sites, named_site, slot, tap, Norm, Slot, TorchLinear, VIT_EPS};
 use super::{AttachCtx, Attached, MethodSpec};
+use crate::backbones::layers::attention;
 use crate::backbones::sites::{Ctx, Hook, SiteKind, Tokens, TokensHook};
 
 #[derive(Clone, Debug, Deserialize)]
@@ -63,7 +64,7 @@ impl Lsa {
     fn forward(&self, x: &Tensor) -> Tensor {
         let h = self.norm.forward(x);
         let (q, k, v) = (self.q.forward(&h), self.k.forward(&h), self.v.forward(&h));
-        let a = Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, false, None, false);
+        let a = attention(&q, &k, &v, None);
         x + self.o.forward(&a)
     }
 }

@@ -69,8 +69,9 @@ struct ScaleShift {
 }
 
 impl ScaleShift {
+    /// One fused pass (`addcmul`) rather than a product, then a sum.
     fn apply(&self, x: &Tensor) -> Tensor {
-        x * &self.scale + &self.shift
+        self.shift.addcmul(x, &self.scale)
     }
 }
 

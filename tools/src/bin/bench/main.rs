@@ -11,6 +11,7 @@
 //!
 //! `--markdown FILE` writes the tables with the machine and load average. `benchmarks/run.sh` is
 //! the runner that builds and runs it as BENCHMARKS.md records.
+mod attention;
 mod backbones;
 mod gpu_mem;
 mod gpu_step;
@@ -44,6 +45,13 @@ struct Args {
 
 #[derive(Subcommand)]
 enum What {
+    /// Fused against unfused attention on the CPU, forward plus backward, by shape.
+    Attention {
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        #[arg(long, default_value_t = 15)]
+        repeats: usize,
+    },
     /// Backbone forward passes (fp32, no grad) against timm.
     Backbones {
         #[arg(long, default_value_t = 2)]
@@ -71,6 +79,9 @@ enum What {
         warmup: usize,
         #[arg(long, default_value_t = 5)]
         repeats: usize,
+        /// Alternations of the two sides for the training-step and pipeline tables.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Also the GPU table (ViT-B/16, batch 64, autocast, peak memory); needs CUDA and nvidia-smi.
         #[arg(long)]
         gpu: bool,
@@ -80,8 +91,8 @@ enum What {
     },
 }
 
-fn step(size: Size, device: Dev, amp: bool, warmup: usize, repeats: usize) -> StepOpts {
-    StepOpts { size, batch: None, device, amp, methods: vec![], warmup, repeats }
+fn step(size: Size, device: Dev, amp: bool, warmup: usize, repeats: usize, rounds: usize) -> StepOpts {
+    StepOpts { size, batch: None, device, amp, methods: vec![], warmup, repeats, rounds }
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -91,21 +102,22 @@ fn run(args: Args) -> anyhow::Result<()> {
         What::StepOurs(o) => return train_step::ours(&o),
         What::TrainMemory(o) => return train_memory::run(&o),
         What::GpuStep(o) => return gpu_step::run(&o),
+        What::Attention { warmup, repeats } => vec![attention::run(warmup, repeats, threads)?],
         What::Backbones { warmup, repeats } => vec![backbones::run(warmup, repeats, threads)?],
         What::TrainStep(o) => vec![train_step::run(&o, threads)?],
         What::Pipeline(o) => vec![pipeline::run(&o)?],
         What::Merge(o) => vec![merge::run(&o, threads)?],
-        What::All { warmup, repeats, gpu, gpu_only } => {
+        What::All { warmup, repeats, rounds, gpu, gpu_only } => {
             let mut t = Vec::new();
             if !gpu_only {
-                t.push(train_step::run(&step(Size::VitS, Dev::Cpu, false, warmup, repeats), threads)?);
-                t.push(train_step::run(&step(Size::Tiny, Dev::Cpu, false, warmup, repeats * 2), threads)?);
-                let p = pipeline::PipelineOpts { data: None, count: 512, batch: 64, workers: 2, warmup: 1, repeats: 3 };
+                t.push(train_step::run(&step(Size::VitS, Dev::Cpu, false, warmup, repeats, rounds), threads)?);
+                t.push(train_step::run(&step(Size::Tiny, Dev::Cpu, false, warmup, repeats * 4, rounds), threads)?);
+                let p = pipeline::PipelineOpts { data: None, count: 512, batch: 64, workers: 2, warmup: 1, repeats: 3, rounds };
                 t.push(pipeline::run(&p)?);
                 t.push(merge::run(&merge::MergeOpts { size: Size::VitS, batch: 1, warmup: 3, repeats: repeats * 4 }, threads)?);
             }
             if gpu || gpu_only {
-                t.push(train_step::run(&step(Size::VitB, Dev::Cuda, true, warmup, repeats), threads)?);
+                t.push(train_step::run(&step(Size::VitB, Dev::Cuda, true, warmup, repeats, rounds), threads)?);
             }
             t
         }

@@ -34,6 +34,10 @@ pub struct PipelineOpts {
     /// Timed epochs.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
+    /// Alternations of the two sides (ours, reference, ours, ...); the median is over every round's
+    /// epochs.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
 }
 
 fn data_dir(o: &PipelineOpts) -> anyhow::Result<PathBuf> {
@@ -48,8 +52,8 @@ fn data_dir(o: &PipelineOpts) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Our loader over the folder, configured as a training config would.
-fn ours(dir: &std::path::Path, o: &PipelineOpts) -> anyhow::Result<(usize, f64)> {
+/// Our loader over the folder, configured as a training config would: (images, epoch times).
+fn ours(dir: &std::path::Path, o: &PipelineOpts) -> anyhow::Result<(usize, Vec<f64>)> {
     let yaml = format!(
         "train_dataloader:\n  batch_size: {}\n  num_workers: {}\n  dataset:\n    type: VTAB1k\n    root: {:?}\n    task: bench\n    num_classes: 10\n    split: train800\n    pipeline: [{{type: Resize, size: 224}}, {{type: CenterCrop, size: [224, 224]}}]\n    normalize: imagenet\n",
         o.batch,
@@ -71,29 +75,37 @@ fn ours(dir: &std::path::Path, o: &PipelineOpts) -> anyhow::Result<(usize, f64)>
             times.push(t.elapsed().as_secs_f64());
         }
     }
-    Ok((images, median(times)))
+    Ok((images, times))
 }
 
 pub fn run(o: &PipelineOpts) -> anyhow::Result<Table> {
     let dir = data_dir(o)?;
-    let (n, ta) = ours(&dir, o)?;
-    let mut cmd = Command::new(python());
-    cmd.arg(benchmarks_dir().join("pipeline.py"))
-        .arg("run")
-        .arg(&dir)
-        .args(["--batch", &o.batch.to_string(), "--workers", &o.workers.to_string()])
-        .args(["--warmup", &o.warmup.to_string(), "--repeats", &o.repeats.to_string()]);
-    let v = run_json(cmd, "the torchvision DataLoader reference")?;
-    let tb = field(&v, "median_s", "the DataLoader reference")?;
-    let nb = field(&v, "images", "the DataLoader reference")? as usize;
-    anyhow::ensure!(n == nb, "the two pipelines saw different numbers of images ({n} and {nb})");
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    let mut n = 0;
+    for _ in 0..o.rounds.max(1) {
+        let (images, times) = ours(&dir, o)?;
+        n = images;
+        ta.extend(times);
+        let mut cmd = Command::new(python());
+        cmd.arg(benchmarks_dir().join("pipeline.py"))
+            .arg("run")
+            .arg(&dir)
+            .args(["--batch", &o.batch.to_string(), "--workers", &o.workers.to_string()])
+            .args(["--warmup", &o.warmup.to_string(), "--repeats", &o.repeats.to_string()]);
+        let v = run_json(cmd, "the torchvision DataLoader reference")?;
+        let nb = field(&v, "images", "the DataLoader reference")? as usize;
+        anyhow::ensure!(n == nb, "the two pipelines saw different numbers of images ({n} and {nb})");
+        tb.extend(v["times_s"].as_array().into_iter().flatten().filter_map(|t| t.as_f64()));
+    }
+    anyhow::ensure!(!tb.is_empty(), "the DataLoader reference reported no epoch times");
+    let (ta, tb) = (median(ta), median(tb));
     let mut table = Table::new(
         "Input pipeline (CPU)",
         format!(
             "{n} JPEGs of VTAB-1k sizes (benchmarks/pipeline.py make): decode, resize shorter side to 224 (bilinear, antialiased), centre crop 224, \
-             normalise, batches of {}; {} workers on both sides (ours threads, torchvision processes); median of {} epochs after {} warm-up epoch(s); \
-             ratio = vpetl / reference images per second (higher is better).",
-            o.batch, o.workers, o.repeats, o.warmup
+             normalise, batches of {}; {} workers on both sides (ours threads, torchvision processes); median of {} rounds × {} epochs (each after {} warm-up \
+             epoch(s)), the two sides alternating; ratio = vpetl / reference images per second (higher is better).",
+            o.batch, o.workers, o.rounds.max(1), o.repeats, o.warmup
         ),
         &["pipeline", "vpetl (img/s)", "torchvision DataLoader (img/s)", "ratio"],
     );

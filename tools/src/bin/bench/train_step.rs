@@ -100,6 +100,11 @@ pub struct StepOpts {
     pub warmup: usize,
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
+    /// Alternations of the two sides (ours, reference, ours, ...), each a fresh process timing
+    /// `repeats` steps; medians are over all rounds, so a slow spell of a shared machine falls on
+    /// both sides rather than on one.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
 }
 
 /// The hidden `step-ours` sub-command: our side of one case, printing JSON.
@@ -194,35 +199,39 @@ pub fn run(s: &StepOpts, threads: usize) -> anyhow::Result<Table> {
     let mut table = Table::new(
         format!("Training step: {}, batch {batch}, {}", s.size.name(), s.device.name().to_uppercase()),
         format!(
-            "Forward + backward + AdamW, {precision}, {threads} intra-op threads on both sides; median of {} steps after {} warm-up steps; \
-             reference: timm VisionTransformer + the method in plain PyTorch (benchmarks/train_step.py); ratio = vpetl / reference (lower is better).",
-            s.repeats, s.warmup
+            "Forward + backward + AdamW, {precision}, {threads} intra-op threads on both sides; median of {} rounds × {} steps (each after {} warm-up steps), \
+             the two sides' processes alternating; reference: timm VisionTransformer + the method in plain PyTorch (benchmarks/train_step.py); \
+             ratio = vpetl / reference (lower is better).",
+            s.rounds.max(1), s.repeats, s.warmup
         ),
         &header,
     );
     let exe = std::env::current_exe().context("cannot find this program to run our side")?;
     for m in cases {
         let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
-        let mut cmd = Command::new(&exe);
-        cmd.args(["--threads", &threads.to_string(), "step-ours", "--method", m.key])
-            .args(["--size", &size_arg(s.size), "--batch", &batch.to_string(), "--device", s.device.name()])
-            .args(["--warmup", &s.warmup.to_string(), "--repeats", &s.repeats.to_string()])
-            .arg("--dir")
-            .arg(dir.path());
-        if s.amp {
-            cmd.arg("--amp");
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..s.rounds.max(1) {
+            let mut cmd = Command::new(&exe);
+            cmd.args(["--threads", &threads.to_string(), "step-ours", "--method", m.key])
+                .args(["--size", &size_arg(s.size), "--batch", &batch.to_string(), "--device", s.device.name()])
+                .args(["--warmup", &s.warmup.to_string(), "--repeats", &s.repeats.to_string()])
+                .arg("--dir")
+                .arg(dir.path());
+            if s.amp {
+                cmd.arg("--amp");
+            }
+            a.push(measured(cmd, &format!("our {} step", m.label), s.device)?);
+
+            let mut cmd = Command::new(python());
+            cmd.arg(benchmarks_dir().join("train_step.py"))
+                .arg(dir.path())
+                .args(["--backbone", s.size.backbone(), "--num-classes", &s.size.num_classes().to_string()])
+                .args(["--method", m.reference, "--options", m.options, "--batch", &batch.to_string()])
+                .args(["--warmup", &s.warmup.to_string(), "--repeats", &s.repeats.to_string(), "--threads", &threads.to_string()])
+                .args(["--device", s.device.name(), "--amp", if s.amp && s.device == Dev::Cuda { "bf16" } else { "none" }]);
+            b.push(measured(cmd, &format!("the reference {} step", m.label), s.device)?);
         }
-        let (a, a_mem) = measured(cmd, &format!("our {} step", m.label), s.device)?;
-
-        let mut cmd = Command::new(python());
-        cmd.arg(benchmarks_dir().join("train_step.py"))
-            .arg(dir.path())
-            .args(["--backbone", s.size.backbone(), "--num-classes", &s.size.num_classes().to_string()])
-            .args(["--method", m.reference, "--options", m.options, "--batch", &batch.to_string()])
-            .args(["--warmup", &s.warmup.to_string(), "--repeats", &s.repeats.to_string(), "--threads", &threads.to_string()])
-            .args(["--device", s.device.name(), "--amp", if s.amp && s.device == Dev::Cuda { "bf16" } else { "none" }]);
-        let (b, b_mem) = measured(cmd, &format!("the reference {} step", m.label), s.device)?;
-
+        let ((a, a_mem), (b, b_mem)) = (pooled(a), pooled(b));
         let what = format!("{} on {}", m.label, s.size.name());
         let (na, nb) = (field(&a, "trainable", &what)?, field(&b, "trainable", &what)?);
         if na != nb {
@@ -250,6 +259,17 @@ pub fn run(s: &StepOpts, threads: usize) -> anyhow::Result<Table> {
         table.note("Peak memory: the device's used memory above its idle level while each side's process ran (nvidia-smi every 20 ms), CUDA context and allocator reserve included on both sides.");
     }
     Ok(table)
+}
+
+/// The rounds of one side as one answer: the first round's fields, every round's timings, the
+/// median over all of them and the highest peak memory.
+fn pooled(rounds: Vec<(serde_json::Value, Option<u64>)>) -> (serde_json::Value, Option<u64>) {
+    let times: Vec<f64> = rounds.iter().flat_map(|(v, _)| v["times_s"].as_array().cloned().unwrap_or_default()).filter_map(|t| t.as_f64()).collect();
+    let peak = rounds.iter().filter_map(|(_, m)| *m).max();
+    let mut first = rounds.into_iter().next().expect("at least one round").0;
+    first["median_s"] = serde_json::json!(median(times.clone()));
+    first["times_s"] = serde_json::json!(times);
+    (first, peak)
 }
 
 fn size_arg(size: Size) -> String {
