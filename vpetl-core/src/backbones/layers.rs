@@ -110,10 +110,14 @@ mod tests {
                 let leaf = |s: &[i64]| Tensor::randn(s, opts).set_requires_grad(true);
                 let (q, k, v) = (leaf(&[2, 3, n, 16]), leaf(&[2, 3, n, 16]), leaf(&[2, 3, n, 16]));
                 let bias = with_bias.then(|| Tensor::randn([2, 3, n, n], opts));
+                // Output weights, so that every output element's gradient differs.
+                let weights = Tensor::randn([2, 3, n, 16], opts);
                 let grads = |out: Tensor| {
-                    out.backward_with_grad(&Tensor::ones_like(&out), false, false);
+                    (&out * &weights).sum(Kind::Float).backward();
                     let g: Vec<Tensor> = [&q, &k, &v].iter().map(|t| t.grad().copy()).collect();
-                    [&q, &k, &v].iter().for_each(|t| t.grad().zero_());
+                    for t in [&q, &k, &v] {
+                        let _ = t.grad().zero_();
+                    }
                     (out.detach(), g)
                 };
                 let (ours, g_ours) = grads(attention(&q, &k, &v, bias.as_ref()));
