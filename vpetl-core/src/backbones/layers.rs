@@ -72,16 +72,18 @@ pub fn norm(layer: &nn::LayerNorm, site: SiteId, x: &Tensor, hooks: &Hooks, ctx:
 }
 
 /// Sequences up to this many keys take the unfused path on the CPU.
-pub const UNFUSED_MAX_KEYS: i64 = 128;
+pub const UNFUSED_MAX_KEYS: i64 = 256;
 
 /// `softmax(q kᵀ / sqrt(d) + bias) v` over `(B, heads, N, d)` tensors: what
 /// `scaled_dot_product_attention` computes, choosing the faster kernel for the shape.
 ///
 /// Why not always the fused kernel: on the CPU, libtorch's flash-attention kernel (blocks of 32
-/// queries by 512 keys) is 1.4 to 2.3 times slower, forward plus backward, than two batched matrix
-/// products and a softmax when there are few keys (ViT-tiny/4 at 32 px: 65 tokens; Swin's 7×7
-/// windows: 49), and faster from about 200 keys on (ViT at 224 px: 197); measured with 2 threads
-/// for head widths 16 to 64 (BENCHMARKS.md). On CUDA the fused kernels always win.
+/// queries by 512 keys) is slower, forward plus backward, than two batched matrix products and a
+/// softmax for short sequences: 1.6 to 1.8 times for ViT-tiny/4 at 32 px (65 tokens) and Swin's
+/// 7×7 windows (49), 1.1 to 1.25 times for ViT at 224 px (197), and from even to 1.2 times at 577
+/// (`tools/bench attention`, 2 threads, run to run). The unfused path keeps the (N × N)
+/// probabilities for the backward pass, so it is taken only up to 256 keys (197 tokens plus
+/// prompts), where that memory is small. On CUDA the fused kernels win.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Tensor {
     if q.device() == tch::Device::Cpu && k.size()[2] <= UNFUSED_MAX_KEYS {
         let scale = (*q.size().last().expect("q has a head axis") as f64).powf(-0.5);

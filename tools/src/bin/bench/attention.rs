@@ -14,7 +14,7 @@ const SHAPES: [(&str, i64, i64, i64); 6] = [
     ("ViT-S/16, batch 8", 48, 197, 64),
     ("ViT-B/16, batch 8", 96, 197, 64),
     ("ViT at 384 px, batch 2", 24, 577, 64),
-    ("short, wide heads", 96, 100, 64),
+    ("ViT-S/16 + 50 prompts, batch 8", 48, 247, 64),
 ];
 
 fn time_fwd_bwd(f: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor, bh: i64, n: i64, d: i64, warmup: usize, repeats: usize) -> f64 {
