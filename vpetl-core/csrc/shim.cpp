@@ -221,12 +221,15 @@ int vpetl_cuda_reset_peak_memory(int device) {
 
 // One AdamW update of `n` tensors sharing lr and weight decay with ATen's fused kernel (what
 // `torch.optim.AdamW(fused=True)` calls): one vectorised pass per tensor instead of a chain of
-// full-size temporaries. `steps[i]` holds the step count, already incremented, as a float scalar.
+// full-size temporaries. `steps[i]` holds each tensor's step count as a float scalar on its device;
+// it is incremented first, in one foreach call, as torch does.
 int vpetl_fused_adamw(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_avgs, at::Tensor** exp_avg_sqs,
                       at::Tensor** steps, int n, double lr, double beta1, double beta2, double weight_decay, double eps) {
   return guarded([&] {
+    auto step_counts = tensors_of(steps, n);
+    at::_foreach_add_(step_counts, 1);
     at::_fused_adamw_(tensors_of(params, n), tensors_of(grads, n), tensors_of(exp_avgs, n), tensors_of(exp_avg_sqs, n), {},
-                      tensors_of(steps, n), lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false);
+                      step_counts, lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false);
   });
 }
 

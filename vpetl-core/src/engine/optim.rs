@@ -138,13 +138,11 @@ impl Optimizer for AdamW {
         }
         tch::no_grad(|| {
             for (key, members) in &groups {
-                for &i in members {
-                    let _ = self.param_steps[i].g_add_scalar_(1.0);
-                }
                 let raws = |ts: &[Tensor]| members.iter().map(|&i| shim::raw(&ts[i])).collect::<Vec<_>>();
                 let params: Vec<RawTensor> = members.iter().map(|&i| shim::raw(&self.params[i].tensor)).collect();
                 let (g, m, v, steps) = (raws(&grads), raws(&self.exp_avg), raws(&self.exp_avg_sq), raws(&self.param_steps));
-                // SAFETY: every pointer is a live tensor held by `self` or `grads` for the call.
+                // SAFETY: every pointer is a live tensor held by `self` or `grads` for the call. The
+                // shim increments the step counts, then updates.
                 let status = unsafe {
                     shim::vpetl_fused_adamw(
                         params.as_ptr(),
