@@ -132,9 +132,9 @@ pub fn resize_region(img: &RgbImage, width: u32, height: u32, filter: Filter, re
     let src = img.as_raw();
     let horiz = (nw != w).then(|| coeffs(w, nw, filter, rx, rw));
     let vert = (nh != h).then(|| coeffs(h, nh, filter, ry, rh));
-    // The horizontal pass only needs the input rows the vertical pass reads.
+    // The horizontal pass only needs the input rows the vertical pass reads (windows start in order).
     let (row0, row1) = match &vert {
-        Some(v) => (v.start[0], (0..rh).map(|i| v.start[i] + v.k).max().unwrap_or(0).min(h)),
+        Some(v) => (v.start[0], (v.start[rh - 1] + v.k).min(h)),
         None => (ry, ry + rh),
     };
     let half = 1i32 << (PRECISION_BITS - 1);

@@ -15,15 +15,20 @@ pub struct CudaLoad {
     pub library: Option<String>,
     /// Why nothing was loaded (for `tools/env`).
     pub note: String,
-    /// What [`tune_allocator`] did.
-    pub allocator: &'static str,
 }
 
-/// Loads libtorch's CUDA backend if present and tunes the allocator. Idempotent; call before
+/// Tunes the allocator and loads libtorch's CUDA backend if present. Idempotent; call before
 /// creating any tensor.
 pub fn init() -> &'static CudaLoad {
     static LOADED: OnceLock<CudaLoad> = OnceLock::new();
-    LOADED.get_or_init(|| CudaLoad { allocator: tune_allocator(), ..load_cuda_backend() })
+    allocator();
+    LOADED.get_or_init(load_cuda_backend)
+}
+
+/// What [`tune_allocator`] did (it runs on the first call).
+pub fn allocator() -> &'static str {
+    static TUNED: OnceLock<&'static str> = OnceLock::new();
+    TUNED.get_or_init(tune_allocator)
 }
 
 /// Keeps freed memory in glibc's heap for reuse instead of returning it to the kernel.
@@ -64,7 +69,7 @@ fn load_cuda_backend() -> CudaLoad {
         // backend stays registered for the life of the process.
         let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
         if !handle.is_null() {
-            return CudaLoad { library: Some(name.clone()), note: String::new(), allocator: "" };
+            return CudaLoad { library: Some(name.clone()), note: String::new() };
         }
         // SAFETY: dlerror returns a thread-local C string or null.
         let err = unsafe { libc::dlerror() };
@@ -72,7 +77,7 @@ fn load_cuda_backend() -> CudaLoad {
             errors.push(unsafe { std::ffi::CStr::from_ptr(err) }.to_string_lossy().into_owned());
         }
     }
-    CudaLoad { library: None, note: format!("no CUDA backend loaded ({})", errors.join("; ")), allocator: "" }
+    CudaLoad { library: None, note: format!("no CUDA backend loaded ({})", errors.join("; ")) }
 }
 
 /// A description of the libtorch runtime, one `key: value` per line.
@@ -95,7 +100,7 @@ pub fn describe() -> String {
     line("cuDNN available", tch::Cuda::cudnn_is_available().to_string());
     line("MKL", tch::utils::has_mkl().to_string());
     line("intra-op threads", tch::get_num_threads().to_string());
-    line("allocator", load.allocator.to_string());
+    line("allocator", allocator().to_string());
     out
 }
 

@@ -86,15 +86,20 @@ pub const UNFUSED_MAX_KEYS: i64 = 256;
 /// prompts), where that memory is small. On CUDA the fused kernels win.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Tensor {
     if q.device() == tch::Device::Cpu && k.size()[2] <= UNFUSED_MAX_KEYS {
-        let scale = (*q.size().last().expect("q has a head axis") as f64).powf(-0.5);
-        let scores = (q * scale).matmul(&k.transpose(-2, -1));
-        let scores = match bias {
-            Some(b) => scores + b,
-            None => scores,
-        };
-        return scores.softmax(-1, scores.kind()).matmul(v);
+        return unfused_attention(q, k, v, bias);
     }
     Tensor::scaled_dot_product_attention(q, k, v, bias.map(Tensor::shallow_clone), 0.0, false, None, false)
+}
+
+/// The same attention as two batched matrix products and a softmax (timm's unfused path).
+pub fn unfused_attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    let scale = (*q.size().last().expect("q has a head axis") as f64).powf(-0.5);
+    let scores = (q * scale).matmul(&k.transpose(-2, -1));
+    let scores = match bias {
+        Some(b) => scores + b,
+        None => scores,
+    };
+    scores.softmax(-1, scores.kind()).matmul(v)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! produce: the evidence for `backbones::layers::attention`'s choice of kernel by sequence length.
 
 use tch::{Device, Kind, Tensor};
-use vpetl_core::backbones::layers::{attention, UNFUSED_MAX_KEYS};
+use vpetl_core::backbones::layers::{attention, unfused_attention, UNFUSED_MAX_KEYS};
 
 use crate::report::{median, time_runs, Table};
 
@@ -38,17 +38,7 @@ pub fn run(warmup: usize, repeats: usize, threads: usize) -> anyhow::Result<Tabl
     );
     for (what, bh, n, d) in SHAPES {
         let fused = time_fwd_bwd(|q, k, v| Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, 0.0, false, None, false), bh, n, d, warmup, repeats);
-        let unfused = time_fwd_bwd(
-            |q, k, v| {
-                let scores = (q * (d as f64).powf(-0.5)).matmul(&k.transpose(-2, -1));
-                scores.softmax(-1, Kind::Float).matmul(v)
-            },
-            bh,
-            n,
-            d,
-            warmup,
-            repeats,
-        );
+        let unfused = time_fwd_bwd(|q, k, v| unfused_attention(q, k, v, None), bh, n, d, warmup, repeats);
         // What the shared function does for this shape (its answer equals both to rounding).
         let chosen = if n <= UNFUSED_MAX_KEYS { "unfused" } else { "fused" };
         let opts = (Kind::Float, Device::Cpu);

@@ -13,7 +13,7 @@ use vpetl_core::config::node::Origin;
 use vpetl_core::config::RunConfig;
 use vpetl_core::data::loader::Loader;
 
-use crate::report::{benchmarks_dir, field, median, python, run_json, Table};
+use crate::report::{benchmarks_dir, field, median, python, run_json, times, Table};
 
 #[derive(Args, Clone, Debug)]
 pub struct PipelineOpts {
@@ -83,9 +83,9 @@ pub fn run(o: &PipelineOpts) -> anyhow::Result<Table> {
     let (mut ta, mut tb) = (Vec::new(), Vec::new());
     let mut n = 0;
     for _ in 0..o.rounds.max(1) {
-        let (images, times) = ours(&dir, o)?;
+        let (images, epoch_times) = ours(&dir, o)?;
         n = images;
-        ta.extend(times);
+        ta.extend(epoch_times);
         let mut cmd = Command::new(python());
         cmd.arg(benchmarks_dir().join("pipeline.py"))
             .arg("run")
@@ -95,7 +95,7 @@ pub fn run(o: &PipelineOpts) -> anyhow::Result<Table> {
         let v = run_json(cmd, "the torchvision DataLoader reference")?;
         let nb = field(&v, "images", "the DataLoader reference")? as usize;
         anyhow::ensure!(n == nb, "the two pipelines saw different numbers of images ({n} and {nb})");
-        tb.extend(v["times_s"].as_array().into_iter().flatten().filter_map(|t| t.as_f64()));
+        tb.extend(times(&v));
     }
     anyhow::ensure!(!tb.is_empty(), "the DataLoader reference reported no epoch times");
     let (ta, tb) = (median(ta), median(tb));

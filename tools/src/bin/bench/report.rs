@@ -13,10 +13,15 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// The fastest of the timings in a child's answer (`times_s`), shown beside the median: on a shared
-/// machine it is the figure least disturbed by other load.
+/// The timings in a child's answer (`times_s`, seconds).
+pub fn times(v: &serde_json::Value) -> Vec<f64> {
+    v["times_s"].as_array().into_iter().flatten().filter_map(|t| t.as_f64()).collect()
+}
+
+/// The fastest of the timings in a child's answer, shown beside the median: on a shared machine it
+/// is the figure least disturbed by other load.
 pub fn min_time(v: &serde_json::Value) -> f64 {
-    v["times_s"].as_array().into_iter().flatten().filter_map(|t| t.as_f64()).fold(f64::INFINITY, f64::min)
+    times(v).into_iter().fold(f64::INFINITY, f64::min)
 }
 
 /// `median (min)` in milliseconds.

@@ -18,7 +18,7 @@ use vpetl_core::engine::optim::{AdamWSpec, OptimizerSpec};
 
 use crate::gpu_mem::GpuMemPoll;
 use crate::models::{build, perturb_methods, Size};
-use crate::report::{benchmarks_dir, field, median, min_time, ms, python, run_json, time_runs, Table};
+use crate::report::{benchmarks_dir, field, median, min_time, ms, python, run_json, time_runs, times, Table};
 
 /// A method as our config names it and as the reference applies it.
 pub struct MethodCase {
@@ -264,11 +264,11 @@ pub fn run(s: &StepOpts, threads: usize) -> anyhow::Result<Table> {
 /// The rounds of one side as one answer: the first round's fields, every round's timings, the
 /// median over all of them and the highest peak memory.
 fn pooled(rounds: Vec<(serde_json::Value, Option<u64>)>) -> (serde_json::Value, Option<u64>) {
-    let times: Vec<f64> = rounds.iter().flat_map(|(v, _)| v["times_s"].as_array().cloned().unwrap_or_default()).filter_map(|t| t.as_f64()).collect();
+    let all: Vec<f64> = rounds.iter().flat_map(|(v, _)| times(v)).collect();
     let peak = rounds.iter().filter_map(|(_, m)| *m).max();
     let mut first = rounds.into_iter().next().expect("at least one round").0;
-    first["median_s"] = serde_json::json!(median(times.clone()));
-    first["times_s"] = serde_json::json!(times);
+    first["median_s"] = serde_json::json!(median(all.clone()));
+    first["times_s"] = serde_json::json!(all);
     (first, peak)
 }
 
