@@ -7,6 +7,8 @@
 //!   has CUDA and the CUDA, CUDA-crt and NCCL headers of the `nvidia` pip packages are there (the
 //!   torch wheel brings all but `nvidia-cuda-crt`; scripts/requirements.txt adds it), or
 //!   `VPETL_CUDA_INCLUDE` (a `:`-separated list) names them; it is copied next to the binaries.
+//! - `csrc/mkl_cpu.c` -> a static library answering MKL's CPU-vendor check; the binaries export its
+//!   two functions through the link flags scripts/setup writes.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -44,6 +46,8 @@ fn main() {
         .flag_if_supported("-Wno-deprecated-declarations")
         .warnings(false);
     build.compile("vpetl_shim");
+    // C, not C++: it only answers MKL's CPU check (see the file).
+    cc::Build::new().file("csrc/mkl_cpu.c").warnings(true).compile("vpetl_mkl_cpu");
     println!("cargo:rustc-link-search=native={}", lib_dir.display());
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");

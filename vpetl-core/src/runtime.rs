@@ -1,5 +1,6 @@
 //! Process-wide runtime set-up: makes libtorch's CUDA backend load when the wheel has it, tunes
-//! glibc's allocator for tensor-sized blocks, and describes the environment (`tools/env`).
+//! glibc's allocator for tensor-sized blocks, and describes the environment (`tools/env`), including
+//! whether MKL picks its kernels by CPU features (`csrc/mkl_cpu.c`).
 //!
 //! The linker's as-needed mode drops `libtorch_cuda.so` from our binaries because nothing references
 //! its symbols directly; without it libtorch silently runs on the CPU. Loading it explicitly
@@ -57,6 +58,18 @@ fn tune_allocator() -> &'static str {
     }
 }
 
+/// How MKL chooses its kernels in this process (`csrc/mkl_cpu.c`).
+pub fn mkl_kernels() -> &'static str {
+    // SAFETY: a pure query (dlsym and CPUID).
+    if unsafe { crate::shim::vpetl_mkl_cpu_by_features() } == 1 {
+        "by CPU features (VPETL_MKL_CPU=vendor: by vendor, MKL's default)"
+    } else if std::env::var("VPETL_MKL_CPU").is_ok_and(|v| v == "vendor") {
+        "by vendor (VPETL_MKL_CPU=vendor): AVX2 at most on non-Intel CPUs"
+    } else {
+        "by vendor: this binary does not export mkl_serv_intel_cpu* (link flags from scripts/setup) or the CPU lacks AVX2"
+    }
+}
+
 fn load_cuda_backend() -> CudaLoad {
     let mut candidates = vec!["libtorch_cuda.so".to_string()];
     if let Some(dir) = option_env!("LIBTORCH") {
@@ -99,6 +112,7 @@ pub fn describe() -> String {
     line("CUDA devices", tch::Cuda::device_count().to_string());
     line("cuDNN available", tch::Cuda::cudnn_is_available().to_string());
     line("MKL", tch::utils::has_mkl().to_string());
+    line("MKL kernels", mkl_kernels().to_string());
     line("intra-op threads", tch::get_num_threads().to_string());
     line("allocator", allocator().to_string());
     out

@@ -74,8 +74,20 @@ pub fn norm(layer: &nn::LayerNorm, site: SiteId, x: &Tensor, hooks: &Hooks, ctx:
 /// Sequences up to this many keys take the unfused path on the CPU.
 pub const UNFUSED_MAX_KEYS: i64 = 256;
 
-/// `softmax(q kᵀ / sqrt(d) + bias) v` over `(B, heads, N, d)` tensors: what
-/// `scaled_dot_product_attention` computes, choosing the faster kernel for the shape.
+/// Splits a fused projection `(B, N, 3·heads·d)` into q, k and v, each `(B, heads, N, d)`.
+///
+/// By `unbind`, not three `select`s: each select's backward allocates a zero tensor the size of
+/// the whole projection and copies its part in (4 of the quickstart step's 48 ms), while unbind's
+/// backward stacks the three gradients once.
+pub fn split_qkv(qkv: &Tensor, heads: i64) -> (Tensor, Tensor, Tensor) {
+    let (b, n, c3) = qkv.size3().expect("qkv is (B, N, 3·C)");
+    let parts = qkv.reshape([b, n, 3, heads, c3 / (3 * heads)]).permute([2, 0, 3, 1, 4]).unbind(0);
+    let [q, k, v] = <[Tensor; 3]>::try_from(parts).unwrap_or_else(|_| unreachable!("unbind of a size-3 axis"));
+    (q, k, v)
+}
+
+/// `softmax(q kᵀ / sqrt(d) + bias) v` over `(..., N, d)` tensors (usually `(B, heads, N, d)`):
+/// what `scaled_dot_product_attention` computes, choosing the faster kernel for the shape.
 ///
 /// Why not always the fused kernel: on the CPU, libtorch's flash-attention kernel (blocks of 32
 /// queries by 512 keys) is slower, forward plus backward, than two batched matrix products and a
@@ -85,21 +97,33 @@ pub const UNFUSED_MAX_KEYS: i64 = 256;
 /// probabilities for the backward pass, so it is taken only up to 256 keys (197 tokens plus
 /// prompts), where that memory is small. On CUDA the fused kernels win.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Tensor {
-    if q.device() == tch::Device::Cpu && k.size()[2] <= UNFUSED_MAX_KEYS {
+    if q.device() == tch::Device::Cpu && k.size()[k.dim() - 2] <= UNFUSED_MAX_KEYS {
         return unfused_attention(q, k, v, bias);
     }
     Tensor::scaled_dot_product_attention(q, k, v, bias.map(Tensor::shallow_clone), 0.0, false, None, false)
 }
 
 /// The same attention as two batched matrix products and a softmax (timm's unfused path).
+///
+/// The operands are flattened to `(batch, rows, d)` for `bmm` directly: `matmul` on the 4-d views
+/// that [`split_qkv`] returns would copy them into contiguous batches itself, and copy their
+/// gradients back, for each product.
 pub fn unfused_attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Tensor {
-    let scale = (*q.size().last().expect("q has a head axis") as f64).powf(-0.5);
-    let scores = (q * scale).matmul(&k.transpose(-2, -1));
+    let shape = q.size();
+    let d = shape[shape.len() - 1];
+    let flat = |t: &Tensor| t.contiguous().view([-1, t.size()[t.dim() - 2], d]);
+    let (q3, k3, v3) = (flat(q), flat(k), flat(v));
+    let scores = (q3 * (d as f64).powf(-0.5)).bmm(&k3.transpose(1, 2));
     let scores = match bias {
-        Some(b) => scores + b,
+        Some(b) => {
+            let nk = k.size()[k.dim() - 2];
+            let mut full = shape[..shape.len() - 1].to_vec();
+            full.push(nk);
+            (scores.view(full.as_slice()) + b).view([-1, shape[shape.len() - 2], nk])
+        }
         None => scores,
     };
-    scores.softmax(-1, scores.kind()).matmul(v)
+    scores.softmax(-1, scores.kind()).bmm(&v3).view(shape.as_slice())
 }
 
 #[cfg(test)]

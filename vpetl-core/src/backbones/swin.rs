@@ -28,7 +28,7 @@ use serde::Deserialize;
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
-use super::layers::{attention, drop_path, layer_norm, linear, norm, trunc_normal, Mlp};
+use super::layers::{attention, drop_path, split_qkv, layer_norm, linear, norm, trunc_normal, Mlp};
 use super::sites::{AttentionLayout, Ctx, Hooks, SiteId, SiteKind, SiteMap, Tokens};
 use super::{Backbone, BackboneOutput, BackboneSpec, ForwardOpts, Resample};
 use crate::checkpoint::load::Layout;
@@ -149,12 +149,7 @@ impl WindowAttention {
     /// grid index of each token (see [`AttentionLayout::windows`]), given when hooks are installed.
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>, positions: Option<&Tensor>, hooks: &Hooks, ctx: &Ctx) -> Tensor {
         let (bw, n, c) = x.size3().expect("windows are (B*nW, N, C)");
-        let head_dim = c / self.num_heads;
-        let qkv = hooks
-            .linear(self.qkv_site, x, &self.qkv, ctx)
-            .reshape([bw, n, 3, self.num_heads, head_dim])
-            .permute([2, 0, 3, 1, 4]);
-        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        let (q, k, v) = split_qkv(&hooks.linear(self.qkv_site, x, &self.qkv, ctx), self.num_heads);
         let (k, v) = hooks.attention_kv(self.attn_site, k, v, ctx);
         let mut attn_mask = self.bias().to_kind(q.kind());
         if let Some(m) = mask {

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use super::layers::{attention, drop_path, layer_norm, layer_scale, linear, norm, trunc_normal, Mlp};
+use super::layers::{attention, drop_path, split_qkv, layer_norm, layer_scale, linear, norm, trunc_normal, Mlp};
 use super::sites::{Ctx, Hooks, SiteId, SiteKind, SiteMap, Tokens};
 use super::{Backbone, BackboneOutput, BackboneSpec, ForwardOpts, Resample};
 
@@ -122,12 +122,7 @@ impl Attention {
 
     fn forward(&self, x: &Tensor, hooks: &Hooks, ctx: &Ctx) -> Tensor {
         let (b, n, c) = x.size3().expect("tokens are (B, N, C)");
-        let head_dim = c / self.num_heads;
-        let qkv = hooks
-            .linear(self.qkv_site, x, &self.qkv, ctx)
-            .reshape([b, n, 3, self.num_heads, head_dim])
-            .permute([2, 0, 3, 1, 4]);
-        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        let (q, k, v) = split_qkv(&hooks.linear(self.qkv_site, x, &self.qkv, ctx), self.num_heads);
         let (k, v) = hooks.attention_kv(self.attn_site, k, v, ctx);
         let out = attention(&q, &k, &v, None);
         let out = hooks.attention_out(self.attn_site, &q, out, ctx);

@@ -41,7 +41,7 @@ use tch::{Kind, Tensor};
 
 use super::side::{backbone_var, block_sites, named_site, slot, tap, Norm, SideOutput, Slot, TorchLinear, VIT_EPS};
 use super::{sub_path, AttachCtx, Attached, MethodSpec};
-use crate::backbones::layers::attention;
+use crate::backbones::layers::{attention, split_qkv};
 use crate::backbones::sites::{Ctx, Hook, SiteKind, Tokens, TokensHook};
 
 #[derive(Clone, Debug, Deserialize)]
@@ -77,9 +77,8 @@ struct SideBlock {
 impl SideBlock {
     fn forward(&self, x: &Tensor) -> Tensor {
         let (b, n, c) = x.size3().expect("LST: side tokens are (B, N, C)");
-        let hd = c / self.num_heads;
-        let qkv = self.qkv.forward(&self.norm1.forward(x)).reshape([b, n, 3, self.num_heads, hd]).permute([2, 0, 3, 1, 4]);
-        let a = attention(&qkv.get(0), &qkv.get(1), &qkv.get(2), None);
+        let (q, k, v) = split_qkv(&self.qkv.forward(&self.norm1.forward(x)), self.num_heads);
+        let a = attention(&q, &k, &v, None);
         let x = x + self.proj.forward(&a.transpose(1, 2).reshape([b, n, c]));
         let m = self.fc2.forward(&self.fc1.forward(&self.norm2.forward(&x)).gelu("none"));
         x + m
