@@ -233,4 +233,11 @@ int vpetl_fused_adamw(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_
   });
 }
 
+// Drops the gradients of `n` tensors (torch's `zero_grad(set_to_none=True)`): the next backward
+// then stores its gradient instead of filling zeros and adding to them, and a tensor that gets no
+// gradient in a step is skipped by the optimiser rather than decayed with a zero gradient.
+void vpetl_clear_grads(at::Tensor** params, int n) {
+  for (int i = 0; i < n; i++) params[i]->mutable_grad().reset();
+}
+
 }  // extern "C"

@@ -322,13 +322,11 @@ impl GroupKey {
     }
 }
 
+/// Drops the gradients, as torch's `zero_grad()` (set to none) does.
 fn zero_grads(params: &[Param]) {
-    for p in params {
-        let mut g = p.tensor.grad();
-        if g.defined() {
-            let _ = g.detach_().zero_();
-        }
-    }
+    let raws: Vec<RawTensor> = params.iter().map(|p| shim::raw(&p.tensor)).collect();
+    // SAFETY: every pointer is a live tensor held by `params` for the call.
+    unsafe { shim::vpetl_clear_grads(raws.as_ptr(), raws.len() as c_int) };
 }
 
 fn copy_slot(slot: &mut Tensor, tensors: &BTreeMap<String, Tensor>, name: &str) -> anyhow::Result<()> {

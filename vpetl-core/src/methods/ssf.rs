@@ -39,6 +39,7 @@ use tch::Tensor;
 
 use super::{sub_path, AttachCtx, Attached, Merge, MethodSpec, TargetSpec};
 use crate::backbones::sites::{Ctx, Hook, LinearHook, NormHook, SiteKind, Target, Tokens, TokensHook};
+use crate::shim;
 
 /// The official code's places, on ViT and on Swin.
 const DEFAULT_TARGET: &str =
@@ -69,9 +70,14 @@ struct ScaleShift {
 }
 
 impl ScaleShift {
-    /// One fused pass (`addcmul`) rather than a product, then a sum.
+    /// One autograd node (`csrc/scale_shift.cpp`): one pass forward, and a backward without the
+    /// extra full-size product of `addcmul`'s.
     fn apply(&self, x: &Tensor) -> Tensor {
-        self.shift.addcmul(x, &self.scale)
+        // SAFETY: the three tensors live for the call; the shim returns a new tensor we own, or null.
+        let out = unsafe { shim::vpetl_scale_shift(shim::raw(x), shim::raw(&self.scale), shim::raw(&self.shift)) };
+        assert!(!out.is_null(), "SSF: {}", shim::last_error());
+        // SAFETY: a heap `at::Tensor` from the shim, owned from here on (freed by tch's drop).
+        unsafe { Tensor::from_ptr(out.cast()) }
     }
 }
 
