@@ -2,8 +2,7 @@
 
 Usage: torch_optim.py IN.safetensors OUT.safetensors SETTINGS_JSON
 IN holds `param.<i>` (initial values) and `grad.<t>.<i>` (the gradient of parameter i at step t; a
-missing one means none at that step: no gradient before the parameter's first one, a zero one after,
-as `zero_grad(set_to_none=False)` leaves it). SETTINGS_JSON: {"optimizer": "adamw"|"sgd", "kwargs":
+missing one means none at that step, as `zero_grad()` leaves it). SETTINGS_JSON: {"optimizer": "adamw"|"sgd", "kwargs":
 {...}, "groups": [{"params": [i, ...], "lr_mult": f, "weight_decay": w}, ...], "lrs": [lr per step]}.
 OUT gets `param.<i>` after the last step.
 """
@@ -28,6 +27,6 @@ for t, lr in enumerate(settings["lrs"]):
         g["lr"] = lr * g["lr_mult"]
     for i, p in enumerate(params):
         g = tensors.get(f"grad.{t}.{i}")
-        p.grad = g if g is not None else (None if p.grad is None else torch.zeros_like(p))
+        p.grad = g
     opt.step()
 save_file({f"param.{i}": p.detach().contiguous() for i, p in enumerate(params)}, dst)

@@ -173,3 +173,45 @@ impl MethodSpec for SsfSpec {
         Ok(attached)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    /// The fused node gives the values and gradients of `x * scale + shift`, with the scale trained
+    /// or frozen, and plain values without a graph.
+    #[test]
+    fn scale_shift_matches_the_formula() {
+        let opts = (Kind::Float, Device::Cpu);
+        for scale_trained in [true, false] {
+            let x = Tensor::randn([2, 5, 8], opts).set_requires_grad(true);
+            let ss = ScaleShift {
+                scale: Tensor::randn([8], opts).set_requires_grad(scale_trained),
+                shift: Tensor::randn([8], opts).set_requires_grad(true),
+            };
+            let weights = Tensor::randn([2, 5, 8], opts);
+            let grads = |out: Tensor| {
+                (&out * &weights).sum(Kind::Float).backward();
+                let mut g = vec![out.detach()];
+                for t in [&x, &ss.scale, &ss.shift] {
+                    let mut grad = t.grad();
+                    g.push(if grad.defined() { grad.copy() } else { Tensor::zeros([1], opts) });
+                    if grad.defined() {
+                        let _ = grad.zero_();
+                    }
+                }
+                g
+            };
+            let ours = grads(ss.apply(&x));
+            let want = grads(&x * &ss.scale + &ss.shift);
+            for (i, (a, b)) in ours.iter().zip(&want).enumerate() {
+                let d = (a - b).abs().max().double_value(&[]);
+                assert!(d < 1e-5, "scale trained {scale_trained}: output {i} differs by {d:e}");
+            }
+            let plain = tch::no_grad(|| ss.apply(&x));
+            assert!(!plain.requires_grad());
+            assert!(plain.allclose(&want[0], 1e-6, 1e-6, false));
+        }
+    }
+}
