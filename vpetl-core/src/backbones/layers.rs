@@ -95,9 +95,12 @@ pub fn split_qkv(qkv: &Tensor, heads: i64) -> (Tensor, Tensor, Tensor) {
 /// 7×7 windows (49), 1.1 to 1.25 times for ViT at 224 px (197), and from even to 1.2 times at 577
 /// (`tools/bench attention`, 2 threads, run to run). The unfused path keeps the (N × N)
 /// probabilities for the backward pass, so it is taken only up to 256 keys (197 tokens plus
-/// prompts), where that memory is small. On CUDA the fused kernels win.
+/// prompts), where that memory is small. Without a backward pass (inference, linear probing's
+/// frozen backbone) the fused kernel is as fast or faster at every shape measured, so it is used
+/// then. On CUDA the fused kernels win.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Tensor {
-    if q.device() == tch::Device::Cpu && k.size()[k.dim() - 2] <= UNFUSED_MAX_KEYS {
+    let backward = [q, k, v].into_iter().chain(bias).any(Tensor::requires_grad);
+    if backward && q.device() == tch::Device::Cpu && k.size()[k.dim() - 2] <= UNFUSED_MAX_KEYS {
         return unfused_attention(q, k, v, bias);
     }
     Tensor::scaled_dot_product_attention(q, k, v, bias.map(Tensor::shallow_clone), 0.0, false, None, false)
