@@ -143,7 +143,9 @@ pub fn machine_line() -> String {
         .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    format!("Machine: {cpu}, {cores} cores; {}.", load_line())
+    // Which MKL kernels ours ran matters for every matrix product: the reference's stock PyTorch
+    // chooses by CPU vendor.
+    format!("Machine: {cpu}, {cores} cores; {}. Our MKL kernels: chosen {}.", load_line(), vpetl_core::runtime::mkl_kernels())
 }
 
 /// `load average 0.52 0.61 0.70` (1, 5, 15 minutes), as `uptime` reports it.
