@@ -91,11 +91,10 @@ pub fn split_qkv(qkv: &Tensor, heads: i64) -> (Tensor, Tensor, Tensor) {
 ///
 /// Why not always the fused kernel: on the CPU, libtorch's flash-attention kernel (blocks of 32
 /// queries by 512 keys) is slower, forward plus backward, than two batched matrix products and a
-/// softmax for short sequences: 1.6 to 1.8 times for ViT-tiny/4 at 32 px (65 tokens) and Swin's
-/// 7×7 windows (49), 1.1 to 1.25 times for ViT at 224 px (197), and from even to 1.2 times at 577
-/// (`tools/bench attention`, 2 threads, run to run). The unfused path keeps the (N × N)
-/// probabilities for the backward pass, so it is taken only up to 256 keys (197 tokens plus
-/// prompts), where that memory is small. Without a backward pass (inference, linear probing's
+/// softmax: 1.5 times for ViT-tiny/4 at 32 px (65 tokens) and Swin's 7×7 windows (49), 1.2 times
+/// for ViT at 224 px (197) and at 577 (`tools/bench attention`, 2 threads). The unfused path keeps
+/// the (N × N) probabilities for the backward pass, so it is taken only up to 256 keys (197 tokens
+/// plus prompts), where that memory is small. Without a backward pass (inference, linear probing's
 /// frozen backbone) the fused kernel is as fast or faster at every shape measured, so it is used
 /// then. On CUDA the fused kernels win.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Tensor {
