@@ -28,7 +28,7 @@ use serde::Deserialize;
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
-use super::layers::{attention, drop_path, split_qkv, layer_norm, linear, norm, trunc_normal, Mlp};
+use super::layers::{attention, drop_path, layer_norm, linear, norm, split_qkv, trunc_normal, Mlp};
 use super::sites::{AttentionLayout, Ctx, Hooks, SiteId, SiteKind, SiteMap, Tokens};
 use super::{Backbone, BackboneOutput, BackboneSpec, ForwardOpts, Resample};
 use crate::checkpoint::load::Layout;

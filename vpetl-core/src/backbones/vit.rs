@@ -18,7 +18,7 @@ use serde::Deserialize;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use super::layers::{attention, drop_path, split_qkv, layer_norm, layer_scale, linear, norm, trunc_normal, Mlp};
+use super::layers::{attention, drop_path, layer_norm, layer_scale, linear, norm, split_qkv, trunc_normal, Mlp};
 use super::sites::{Ctx, Hooks, SiteId, SiteKind, SiteMap, Tokens};
 use super::{Backbone, BackboneOutput, BackboneSpec, ForwardOpts, Resample};
 
