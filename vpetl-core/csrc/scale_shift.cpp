@@ -20,7 +20,6 @@ struct ScaleShift : torch::autograd::Function<ScaleShift> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift) {
     // x is kept only when the scale needs its gradient (a frozen scale does not).
     ctx->save_for_backward({scale.requires_grad() ? x : at::Tensor(), scale});
-    ctx->saved_data["scale_sizes"] = scale.sizes().vec();
     ctx->saved_data["shift_sizes"] = shift.sizes().vec();
     return at::addcmul(shift, x, scale);
   }
@@ -30,7 +29,7 @@ struct ScaleShift : torch::autograd::Function<ScaleShift> {
     const at::Tensor& g = grads[0];
     at::Tensor gx, gscale, gshift;
     if (ctx->needs_input_grad(0)) gx = g * saved[1];
-    if (ctx->needs_input_grad(1)) gscale = (g * saved[0]).sum_to_size(ctx->saved_data["scale_sizes"].toIntVector());
+    if (ctx->needs_input_grad(1)) gscale = (g * saved[0]).sum_to_size(saved[1].sizes());
     if (ctx->needs_input_grad(2)) gshift = g.sum_to_size(ctx->saved_data["shift_sizes"].toIntVector());
     return {gx, gscale, gshift};
   }

@@ -99,10 +99,16 @@ pub fn split_qkv(qkv: &Tensor, heads: i64) -> (Tensor, Tensor, Tensor) {
 /// measured (3.4 times faster at 65 keys of width 16), so it is used then. On CUDA the fused kernels win.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Tensor {
     let backward = [q, k, v].into_iter().chain(bias).any(Tensor::requires_grad);
-    if backward && q.device() == tch::Device::Cpu && k.size()[k.dim() - 2] <= UNFUSED_MAX_KEYS {
+    if takes_unfused(q.device(), k.size()[k.dim() - 2], backward) {
         return unfused_attention(q, k, v, bias);
     }
     Tensor::scaled_dot_product_attention(q, k, v, bias.map(Tensor::shallow_clone), 0.0, false, None, false)
+}
+
+/// Whether [`attention`] takes the unfused path for `keys` keys on `device`, with or without a
+/// backward pass to come (the rule its comment explains).
+pub fn takes_unfused(device: tch::Device, keys: i64, backward: bool) -> bool {
+    backward && device == tch::Device::Cpu && keys <= UNFUSED_MAX_KEYS
 }
 
 /// The same attention as two batched matrix products and a softmax (timm's unfused path).

@@ -3,7 +3,7 @@
 //! produce: the evidence for `backbones::layers::attention`'s choice of kernel by sequence length.
 
 use tch::{Device, Kind, Tensor};
-use vpetl_core::backbones::layers::{attention, unfused_attention, UNFUSED_MAX_KEYS};
+use vpetl_core::backbones::layers::{attention, takes_unfused, unfused_attention, UNFUSED_MAX_KEYS};
 
 use crate::report::{median, time_runs, Table};
 
@@ -40,7 +40,7 @@ pub fn run(warmup: usize, repeats: usize, threads: usize) -> anyhow::Result<Tabl
         let fused = time_fwd_bwd(|q, k, v| Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, 0.0, false, None, false), bh, n, d, warmup, repeats);
         let unfused = time_fwd_bwd(|q, k, v| unfused_attention(q, k, v, None), bh, n, d, warmup, repeats);
         // What the shared function does for this shape (its answer equals both to rounding).
-        let chosen = if n <= UNFUSED_MAX_KEYS { "unfused" } else { "fused" };
+        let chosen = if takes_unfused(Device::Cpu, n, true) { "unfused" } else { "fused" };
         let opts = (Kind::Float, Device::Cpu);
         let (q, k, v) = (Tensor::randn([1, bh, n, d], opts), Tensor::randn([1, bh, n, d], opts), Tensor::randn([1, bh, n, d], opts));
         let diff = (attention(&q, &k, &v, None) - Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, false, None, false))
