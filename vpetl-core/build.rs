@@ -1,8 +1,8 @@
 //! Compiles the C++ shim (`csrc/`) against libtorch's headers, as torch-sys compiles its own C++.
 //!
-//! - `csrc/shim.cpp`, `csrc/scale_shift.cpp` -> a static library linked into every binary (c10d
+//! - `csrc/shim.cpp`, `csrc/scale_shift.cpp`, `csrc/qkv_attention.cpp` -> a static library linked into every binary (c10d
 //!   with Gloo, InferenceMode, autocast's dtype, CUDA memory statistics, fused AdamW, SSF's fused
-//!   scale and shift); it needs only libtorch_cpu and c10.
+//!   scale and shift, self-attention from a fused projection); it needs only libtorch_cpu and c10.
 //! - `csrc/cuda_shim.cpp` -> `libvpetl_cuda_shim.so`, linked against libtorch_cuda and loaded at run
 //!   time (ProcessGroupNCCL), so the binaries still start without CUDA. It is built when the libtorch
 //!   has CUDA and the CUDA, CUDA-crt and NCCL headers of the `nvidia` pip packages are there (the
@@ -40,10 +40,14 @@ fn main() {
     build
         .file("csrc/shim.cpp")
         .file("csrc/scale_shift.cpp")
+        .file("csrc/qkv_attention.cpp")
         .includes(&includes)
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
+        // at::parallel_for is inline OpenMP (ParallelOpenMP.h): without -fopenmp it runs serially.
+        // The runtime is libtorch's own libgomp, linked below.
+        .flag("-fopenmp")
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-deprecated-declarations")
         .warnings(false);
@@ -53,6 +57,8 @@ fn main() {
     println!("cargo:rustc-link-search=native={}", lib_dir.display());
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
+    // libtorch's OpenMP runtime (torch/lib/libgomp.so.1), not the compiler's: one runtime per process.
+    println!("cargo:rustc-link-lib=dylib:+verbatim=libgomp.so.1");
 
     cuda.join().expect("the CUDA shim build panicked");
 }

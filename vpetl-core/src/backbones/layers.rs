@@ -4,6 +4,7 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::sites::{Ctx, Hooks, SiteId, SiteMap};
+use crate::shim;
 
 /// LayerNorm with timm's eps for ViT/Swin (1e-6 and 1e-5 respectively, passed by the caller).
 pub fn layer_norm(vs: nn::Path, dim: i64, eps: f64) -> nn::LayerNorm {
@@ -111,6 +112,42 @@ pub fn takes_unfused(device: tch::Device, keys: i64, backward: bool) -> bool {
     backward && device == tch::Device::Cpu && keys <= UNFUSED_MAX_KEYS
 }
 
+/// Concatenates the heads of an attention output `(B, heads, N, d)` into tokens `(B, N, heads·d)`.
+pub fn merge_heads(out: &Tensor) -> Tensor {
+    let (b, heads, n, d) = out.size4().expect("per-head output is (B, heads, N, d)");
+    out.transpose(1, 2).reshape([b, n, heads * d])
+}
+
+/// Multi-head self-attention over a fused projection `(B, N, 3·heads·d)`: the heads' outputs
+/// concatenated into `(B, N, heads·d)`, i.e. `merge_heads(attention(split_qkv(qkv)))`.
+///
+/// On the CPU in fp32, up to [`UNFUSED_MAX_KEYS`] tokens, it is one autograd node of our own
+/// (`csrc/qkv_attention.cpp`): its products read q, k and v in place and write the output and the
+/// gradient in token order, where the ATen path copies each of them (1.4 times faster forward plus
+/// backward at the quickstart's shape: `tools/bench attention`). Elsewhere it is the ATen path.
+pub fn self_attention(qkv: &Tensor, heads: i64) -> Tensor {
+    let tokens = qkv.size()[1];
+    if takes_qkv_kernel(qkv.device(), qkv.kind(), tokens) {
+        // SAFETY: the tensor lives for the call; the shim returns a new tensor we own, or null.
+        let out = unsafe { shim::vpetl_qkv_attention(shim::raw(qkv), heads) };
+        assert!(!out.is_null(), "attention: {}", shim::last_error());
+        // SAFETY: a heap `at::Tensor` from the shim, owned from here on (freed by tch's drop).
+        return unsafe { Tensor::from_ptr(out.cast()) };
+    }
+    let (q, k, v) = split_qkv(qkv, heads);
+    merge_heads(&attention(&q, &k, &v, None))
+}
+
+/// Whether [`self_attention`] runs our kernel for `tokens` tokens of `kind` on `device`.
+pub fn takes_qkv_kernel(device: tch::Device, kind: tch::Kind, tokens: i64) -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    device == tch::Device::Cpu
+        && kind == tch::Kind::Float
+        && tokens <= UNFUSED_MAX_KEYS
+        // SAFETY: a lookup without arguments.
+        && *AVAILABLE.get_or_init(|| unsafe { shim::vpetl_qkv_attention_available() } != 0)
+}
+
 /// The same attention as two batched matrix products and a softmax (timm's unfused path).
 ///
 /// The operands are flattened to `(batch, rows, d)` for `bmm` directly: `matmul` on the 4-d views
@@ -138,6 +175,41 @@ pub fn unfused_attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tenso
 mod tests {
     use super::*;
     use tch::{Device, Kind};
+
+    /// Self-attention from a fused projection (our kernel up to UNFUSED_MAX_KEYS tokens, the ATen
+    /// path above) gives SDPA's values, and the projection's gradient, with and without a graph.
+    #[test]
+    fn self_attention_equals_sdpa() {
+        let opts = (Kind::Float, Device::Cpu);
+        for (n, heads, d) in [(65, 4, 16), (49, 3, 32), (7, 2, 12), (UNFUSED_MAX_KEYS + 3, 2, 16)] {
+            let qkv = Tensor::randn([2, n, 3 * heads * d], opts).set_requires_grad(true);
+            let weights = Tensor::randn([2, n, heads * d], opts);
+            let want = |qkv: &Tensor| {
+                let parts = qkv.view([2, n, 3, heads, d]).permute([2, 0, 3, 1, 4]);
+                let sdpa = Tensor::scaled_dot_product_attention::<Tensor>(&parts.get(0), &parts.get(1), &parts.get(2), None, 0.0, false, None, false);
+                sdpa.transpose(1, 2).reshape([2, n, heads * d])
+            };
+            let grad_of = |out: Tensor| {
+                (&out * &weights).sum(Kind::Float).backward();
+                let g = qkv.grad().copy();
+                let _ = qkv.grad().zero_();
+                (out.detach(), g)
+            };
+            let (ours, g_ours) = grad_of(self_attention(&qkv, heads));
+            let (sdpa, g_sdpa) = grad_of(want(&qkv));
+            let d_out = (&ours - &sdpa).abs().max().double_value(&[]);
+            let d_grad = (&g_ours - &g_sdpa).abs().max().double_value(&[]);
+            assert!(d_out < 1e-5 && d_grad < 1e-4, "{n} tokens, {heads} heads of {d}: values differ by {d_out:e}, gradients by {d_grad:e}");
+            let no_graph = tch::no_grad(|| self_attention(&qkv, heads));
+            assert!(no_graph.allclose(&sdpa, 1e-5, 1e-5, false), "{n} tokens without a graph");
+            // A strided projection (a view of a wider tensor) is read correctly.
+            let wide = Tensor::randn([2, n, 3 * heads * d + 5], opts);
+            let view = wide.narrow(2, 5, 3 * heads * d);
+            let d_view = (self_attention(&view, heads) - want(&view)).abs().max().double_value(&[]);
+            assert!(d_view < 1e-5, "{n} tokens from a strided view: values differ by {d_view:e}");
+        }
+        assert!(takes_qkv_kernel(Device::Cpu, Kind::Float, 65), "the kernel is available with this libtorch (MKL)");
+    }
 
     /// Both paths (few keys: unfused; many: fused) give SDPA's values and gradients, with and
     /// without an additive bias.

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use super::layers::{attention, drop_path, layer_norm, layer_scale, linear, norm, split_qkv, trunc_normal, Mlp};
+use super::layers::{attention, drop_path, layer_norm, layer_scale, linear, merge_heads, norm, self_attention, split_qkv, trunc_normal, Mlp};
 use super::sites::{Ctx, Hooks, SiteId, SiteKind, SiteMap, Tokens};
 use super::{Backbone, BackboneOutput, BackboneSpec, ForwardOpts, Resample};
 
@@ -121,12 +121,15 @@ impl Attention {
     }
 
     fn forward(&self, x: &Tensor, hooks: &Hooks, ctx: &Ctx) -> Tensor {
-        let (b, n, c) = x.size3().expect("tokens are (B, N, C)");
-        let (q, k, v) = split_qkv(&hooks.linear(self.qkv_site, x, &self.qkv, ctx), self.num_heads);
-        let (k, v) = hooks.attention_kv(self.attn_site, k, v, ctx);
-        let out = attention(&q, &k, &v, None);
-        let out = hooks.attention_out(self.attn_site, &q, out, ctx);
-        let out = out.transpose(1, 2).reshape([b, n, c]);
+        let qkv = hooks.linear(self.qkv_site, x, &self.qkv, ctx);
+        let out = if hooks.installed(self.attn_site) == 0 {
+            self_attention(&qkv, self.num_heads)
+        } else {
+            let (q, k, v) = split_qkv(&qkv, self.num_heads);
+            let (k, v) = hooks.attention_kv(self.attn_site, k, v, ctx);
+            let out = attention(&q, &k, &v, None);
+            merge_heads(&hooks.attention_out(self.attn_site, &q, out, ctx))
+        };
         hooks.linear(self.proj_site, &out, &self.proj, ctx)
     }
 }

@@ -41,7 +41,7 @@ use tch::{Kind, Tensor};
 
 use super::side::{backbone_var, block_sites, named_site, slot, tap, Norm, SideOutput, Slot, TorchLinear, VIT_EPS};
 use super::{sub_path, AttachCtx, Attached, MethodSpec};
-use crate::backbones::layers::{attention, split_qkv};
+use crate::backbones::layers::self_attention;
 use crate::backbones::sites::{Ctx, Hook, SiteKind, Tokens, TokensHook};
 
 #[derive(Clone, Debug, Deserialize)]
@@ -76,10 +76,8 @@ struct SideBlock {
 
 impl SideBlock {
     fn forward(&self, x: &Tensor) -> Tensor {
-        let (b, n, c) = x.size3().expect("LST: side tokens are (B, N, C)");
-        let (q, k, v) = split_qkv(&self.qkv.forward(&self.norm1.forward(x)), self.num_heads);
-        let a = attention(&q, &k, &v, None);
-        let x = x + self.proj.forward(&a.transpose(1, 2).reshape([b, n, c]));
+        let a = self_attention(&self.qkv.forward(&self.norm1.forward(x)), self.num_heads);
+        let x = x + self.proj.forward(&a);
         let m = self.fc2.forward(&self.fc1.forward(&self.norm2.forward(&x)).gelu("none"));
         x + m
     }

@@ -1,0 +1,272 @@
+// Multi-head self-attention straight from a fused qkv projection `(B, N, 3·C)`, on the CPU in fp32:
+// `softmax(q kᵀ / sqrt(d)) v` per head, heads concatenated into `(B, N, C)`, as one autograd node.
+//
+// Why: written in ATen ops (split, scale, two batched products, softmax, merge), ViT's attention
+// copies q, k and v out of the projection, copies the output back into token order, and in the
+// backward stacks the three gradients and copies them into the projection's layout again: at the
+// quickstart's 65 tokens and 16-wide heads those copies and the separate scale and softmax passes
+// take longer than the products. Here MKL's batched sgemm reads q, k and v where the projection
+// wrote them (a row stride of 3·C), writes the output straight into `(B, N, C)` and the gradient
+// straight into `(B, N, 3·C)`; the scale rides in the products' alpha; the softmax and its
+// derivative are loops of our own, vectorised for the CPU at hand.
+//
+// Saved for the backward: the projection and the probabilities `(B, heads, N, N)`, what the
+// unfused ATen path keeps too, so callers use it only for short sequences. No double backward.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/record_function.h>
+#include <dlfcn.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <cmath>
+#include <vector>
+
+#include "guarded.h"
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// MKL's batched sgemm, which libtorch's bundled MKL exports, looked up at run time so that a
+// libtorch without MKL still links and callers fall back to the ATen path.
+using SgemmBatchFn = void (*)(int layout, const int* transa, const int* transb, const int* m, const int* n, const int* k,
+                              const float* alpha, const float** a, const int* lda, const float** b, const int* ldb,
+                              const float* beta, float** c, const int* ldc, int groups, const int* group_sizes);
+
+SgemmBatchFn sgemm_batch() {
+  static const auto found = reinterpret_cast<SgemmBatchFn>(dlsym(RTLD_DEFAULT, "cblas_sgemm_batch"));
+  return found;
+}
+
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
+
+// One group of a batched product: row-major `C = alpha · op(A) op(B)` for every head, with
+// op(A) (m × k), op(B) (k × n) and C (m × n).
+struct Gemms {
+  bool trans_a, trans_b;
+  int m, n, k;
+  float alpha;
+  int lda, ldb, ldc;
+  std::vector<const float*> a, b;
+  std::vector<float*> c;
+};
+
+// Runs the groups as one MKL call, which spreads the products over the intra-op threads.
+void run(std::initializer_list<Gemms*> groups) {
+  std::vector<int> ta, tb, m, n, k, lda, ldb, ldc, sizes;
+  std::vector<float> alpha, beta;
+  std::vector<const float*> a, b;
+  std::vector<float*> c;
+  for (Gemms* g : groups) {
+    ta.push_back(g->trans_a ? kTrans : kNoTrans);
+    tb.push_back(g->trans_b ? kTrans : kNoTrans);
+    m.push_back(g->m), n.push_back(g->n), k.push_back(g->k);
+    lda.push_back(g->lda), ldb.push_back(g->ldb), ldc.push_back(g->ldc);
+    alpha.push_back(g->alpha), beta.push_back(0.f);
+    sizes.push_back(static_cast<int>(g->c.size()));
+    a.insert(a.end(), g->a.begin(), g->a.end());
+    b.insert(b.end(), g->b.begin(), g->b.end());
+    c.insert(c.end(), g->c.begin(), g->c.end());
+  }
+  sgemm_batch()(kRowMajor, ta.data(), tb.data(), m.data(), n.data(), k.data(), alpha.data(), a.data(), lda.data(), b.data(),
+                ldb.data(), beta.data(), c.data(), ldc.data(), static_cast<int>(sizes.size()), sizes.data());
+}
+
+// Where head `i` (= batch · heads + head) finds its operands.
+struct Layout {
+  int64_t batch, tokens, heads, head_dim;
+  int64_t width() const { return heads * head_dim; }  // C
+  int64_t count() const { return batch * heads; }
+  // Offset of head i's first row in a (B, N, parts·C) tensor, part 0..parts-1.
+  int64_t token_major(int64_t i, int64_t parts, int64_t part) const {
+    return (i / heads) * tokens * parts * width() + part * width() + (i % heads) * head_dim;
+  }
+  int64_t square(int64_t i) const { return i * tokens * tokens; }  // in (B, heads, N, N)
+};
+
+Layout layout_of(const at::Tensor& qkv, int64_t heads) {
+  TORCH_CHECK(qkv.dim() == 3, "qkv_attention: the projection must be (B, N, 3·C), got ", qkv.sizes());
+  TORCH_CHECK(qkv.scalar_type() == at::kFloat && qkv.device().is_cpu(), "qkv_attention: fp32 CPU tensors only");
+  TORCH_CHECK(heads > 0 && qkv.size(2) % (3 * heads) == 0, "qkv_attention: ", qkv.size(2), " columns do not split into q, k, v of ", heads, " heads");
+  TORCH_CHECK(sgemm_batch(), "qkv_attention: this libtorch has no MKL");
+  return {qkv.size(0), qkv.size(1), heads, qkv.size(2) / (3 * heads)};
+}
+
+// The loops below are compiled for AVX-512, AVX2 and the baseline, picked at load time by the CPU
+// (GCC's function multiversioning), since the crate builds for the baseline x86-64.
+#define VPETL_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))
+
+// e^x for x ≤ 0 (scores minus their row's maximum), vectorisable: x = k·ln 2 + r with |r| ≤ ln2/2,
+// e^r by its Taylor polynomial to r⁶/720 (relative error below 2e-7), times 2^k built in the
+// exponent bits; below -87.3 the result is 0 (e^-87.3 is the smallest normal float).
+inline float exp_nonpositive(float x) {
+  const float k = (x * 1.44269504f + 12582912.f) - 12582912.f;  // round(x / ln 2)
+  const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;  // x - k·ln 2 in two parts
+  float p = 1.f / 720.f;
+  p = p * r + 1.f / 120.f;
+  p = p * r + 1.f / 24.f;
+  p = p * r + 1.f / 6.f;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  const int bits = (static_cast<int>(k) + 127) << 23;
+  float scale;
+  __builtin_memcpy(&scale, &bits, sizeof scale);
+  return x < -87.3f ? 0.f : p * scale;
+}
+
+// The largest of n floats, with 16 lanes kept apart so that the loop vectorises (a running maximum
+// is a chain of dependent compares).
+inline float max_of(const float* x, int64_t n) {
+  float lanes[16];
+  for (int t = 0; t < 16; t++) lanes[t] = x[0];
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16)
+    for (int t = 0; t < 16; t++) lanes[t] = x[j + t] > lanes[t] ? x[j + t] : lanes[t];
+  float max = x[0];
+  for (; j < n; j++) max = x[j] > max ? x[j] : max;
+  for (int t = 0; t < 16; t++) max = lanes[t] > max ? lanes[t] : max;
+  return max;
+}
+
+// Row-wise softmax of one head's (N × N) block in place: each row less its maximum, e^x over the
+// whole block in one loop, each row over its sum.
+VPETL_VECTOR_CLONES void softmax_rows(float* p, int64_t n) {
+  for (int64_t r = 0; r < n; r++) {
+    float* row = p + r * n;
+    const float max = max_of(row, n);
+    for (int64_t j = 0; j < n; j++) row[j] -= max;
+  }
+#pragma omp simd
+  for (int64_t j = 0; j < n * n; j++) p[j] = exp_nonpositive(p[j]);
+  for (int64_t r = 0; r < n; r++) {
+    float* row = p + r * n;
+    float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < n; j++) sum += row[j];
+    const float inv = 1.f / sum;
+    for (int64_t j = 0; j < n; j++) row[j] *= inv;
+  }
+}
+
+// Softmax's derivative for `rows` rows of n: ds = p ⊙ (dp − Σ_j p ⊙ dp), dp given in `ds`.
+VPETL_VECTOR_CLONES void softmax_backward_rows(const float* p, float* ds, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; r++) {
+    const float* pr = p + r * n;
+    float* dr = ds + r * n;
+    float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t j = 0; j < n; j++) dot += pr[j] * dr[j];
+#pragma omp simd
+    for (int64_t j = 0; j < n; j++) dr[j] = pr[j] * (dr[j] - dot);
+  }
+}
+
+// The output (B, N, C); `probs` receives the probabilities (B, heads, N, N).
+at::Tensor attend(const at::Tensor& qkv, const Layout& l, at::Tensor& probs) {
+  RECORD_FUNCTION("vpetl::qkv_attention", std::vector<c10::IValue>{});
+  const int n = static_cast<int>(l.tokens), d = static_cast<int>(l.head_dim);
+  const int ld_qkv = static_cast<int>(3 * l.width()), ld_out = static_cast<int>(l.width());
+  auto out = at::empty({l.batch, l.tokens, l.width()}, qkv.options());
+  probs = at::empty({l.batch, l.heads, l.tokens, l.tokens}, qkv.options());
+  const float* x = qkv.data_ptr<float>();
+  float* p = probs.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  const float scale = 1.f / std::sqrt(static_cast<float>(d));
+  Gemms scores{false, true, n, n, d, scale, ld_qkv, ld_qkv, n, {}, {}, {}};
+  Gemms values{false, false, n, d, n, 1.f, n, ld_qkv, ld_out, {}, {}, {}};
+  for (int64_t i = 0; i < l.count(); i++) {
+    scores.a.push_back(x + l.token_major(i, 3, 0));
+    scores.b.push_back(x + l.token_major(i, 3, 1));
+    scores.c.push_back(p + l.square(i));
+    values.a.push_back(p + l.square(i));
+    values.b.push_back(x + l.token_major(i, 3, 2));
+    values.c.push_back(o + l.token_major(i, 1, 0));
+  }
+  run({&scores});
+  at::parallel_for(0, l.count(), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; i++) softmax_rows(p + l.square(i), l.tokens);
+  });
+  run({&values});
+  return out;
+}
+
+// The gradient of the projection (B, N, 3·C) given the output's gradient `grad` (B, N, C).
+at::Tensor attend_backward(const at::Tensor& grad, const at::Tensor& qkv, const at::Tensor& probs, const Layout& l) {
+  RECORD_FUNCTION("vpetl::qkv_attention_backward", std::vector<c10::IValue>{});
+  const int n = static_cast<int>(l.tokens), d = static_cast<int>(l.head_dim);
+  const int ld_qkv = static_cast<int>(3 * l.width()), ld_out = static_cast<int>(l.width());
+  auto dqkv = at::empty_like(qkv);
+  const float* x = qkv.data_ptr<float>();
+  const float* p = probs.data_ptr<float>();
+  const float* g = grad.data_ptr<float>();
+  float* dx = dqkv.data_ptr<float>();
+  const float scale = 1.f / std::sqrt(static_cast<float>(d));
+  auto dscores = at::empty_like(probs);
+  float* ds = dscores.data_ptr<float>();
+  // dv = pᵀ g; dp = g vᵀ (into ds, made the scores' gradient below).
+  Gemms dv{true, false, n, d, n, 1.f, n, ld_out, ld_qkv, {}, {}, {}};
+  Gemms dp{false, true, n, n, d, 1.f, ld_out, ld_qkv, n, {}, {}, {}};
+  // dq = scale · ds k; dk = scale · dsᵀ q.
+  Gemms dq{false, false, n, d, n, scale, n, ld_qkv, ld_qkv, {}, {}, {}};
+  Gemms dk{true, false, n, d, n, scale, n, ld_qkv, ld_qkv, {}, {}, {}};
+  for (int64_t i = 0; i < l.count(); i++) {
+    const float *q = x + l.token_major(i, 3, 0), *k = x + l.token_major(i, 3, 1), *v = x + l.token_major(i, 3, 2);
+    const float* gi = g + l.token_major(i, 1, 0);
+    dv.a.push_back(p + l.square(i)), dv.b.push_back(gi), dv.c.push_back(dx + l.token_major(i, 3, 2));
+    dp.a.push_back(gi), dp.b.push_back(v), dp.c.push_back(ds + l.square(i));
+    dq.a.push_back(ds + l.square(i)), dq.b.push_back(k), dq.c.push_back(dx + l.token_major(i, 3, 0));
+    dk.a.push_back(ds + l.square(i)), dk.b.push_back(q), dk.c.push_back(dx + l.token_major(i, 3, 1));
+  }
+  run({&dv, &dp});
+  at::parallel_for(0, l.count(), 1, [&](int64_t begin, int64_t end) {
+    softmax_backward_rows(p + l.square(begin), ds + l.square(begin), (end - begin) * l.tokens, l.tokens);
+  });
+  run({&dq, &dk});
+  return dqkv;
+}
+
+struct QkvAttention : torch::autograd::Function<QkvAttention> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& qkv, int64_t heads) {
+    at::Tensor probs;
+    auto out = attend(qkv, layout_of(qkv, heads), probs);
+    ctx->save_for_backward({qkv});
+    ctx->saved_data["probs"] = probs;
+    ctx->saved_data["heads"] = heads;
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor qkv = ctx->get_saved_variables()[0];
+    const at::Tensor probs = ctx->saved_data["probs"].toTensor();
+    const Layout l = layout_of(qkv, ctx->saved_data["heads"].toInt());
+    return {attend_backward(grads[0].contiguous(), qkv, probs, l), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+extern "C" {
+
+// 1 when the kernel can run (libtorch's MKL exports what it calls).
+int vpetl_qkv_attention_available() { return sgemm_batch() ? 1 : 0; }
+
+// Self-attention of `heads` heads over a contiguous fp32 CPU projection (B, N, 3·C): a new
+// (B, N, C) tensor for tch to own, or null (the message in vpetl_last_error).
+at::Tensor* vpetl_qkv_attention(at::Tensor* qkv, int64_t heads) {
+  at::Tensor* out = nullptr;
+  vpetl::guarded([&] {
+    const at::Tensor x = qkv->contiguous();
+    if (at::GradMode::is_enabled() && x.requires_grad()) {
+      out = new at::Tensor(QkvAttention::apply(x, heads));
+    } else {
+      at::Tensor probs;
+      out = new at::Tensor(attend(x, layout_of(x, heads), probs));
+    }
+  });
+  return out;
+}
+
+}  // extern "C"
