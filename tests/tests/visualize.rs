@@ -63,7 +63,10 @@ fn check_probes(methods: &str, extra_keys: i64) {
     let probes = AttentionProbes::install(b.model.as_mut()).unwrap();
     let seen = witness(&mut b, "blocks.1.attn");
     let after = tch::no_grad(|| b.model.forward(&x, ForwardOpts::default()).logits);
-    assert_eq!((&before - &after).abs().max().double_value(&[]), 0.0, "probes change nothing");
+    // Hooked, ViT's attention takes the ATen path; unhooked, our kernel from the fused projection
+    // (`layers::self_attention`): the same values to rounding.
+    let moved = (&before - &after).abs().max().double_value(&[]);
+    assert!(moved < 1e-6, "probes change nothing but rounding, got {moved:e}");
     let caught = probes.take().unwrap();
     assert_eq!(caught.iter().map(|c| c.site.as_str()).collect::<Vec<_>>(), ["blocks.0.attn", "blocks.1.attn"]);
     // 32 px, patch 8: 16 patches and the class token; 4 heads.

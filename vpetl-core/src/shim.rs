@@ -1,10 +1,12 @@
 //! The C++ shim (`vpetl-core/csrc/`): what libtorch offers and tch does not bind.
 //!
 //! `shim.cpp` is linked in (c10d TCPStore and ProcessGroupGloo, `c10::InferenceMode`, autocast's
-//! dtype, the CUDA caching allocator's statistics through c10's generic device allocator, the fused AdamW kernel);
+//! dtype, the CUDA caching allocator's statistics through c10's generic device allocator, the fused AdamW kernel;
+//! `scale_shift.cpp`: SSF's node; `qkv_attention.cpp`: self-attention from a fused projection);
 //! `cuda_shim.cpp` is a shared library loaded on demand once libtorch's CUDA backend is loaded
 //! (ProcessGroupNCCL, whose header needs CUDA's). Safe wrappers live with their
-//! users: `dist`, `inference`, `engine::amp`, `engine::memory`, `engine::optim`.
+//! users: `dist`, `inference`, `engine::amp`, `engine::memory`, `engine::optim`, `methods::ssf`,
+//! `backbones::layers`.
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::path::PathBuf;
