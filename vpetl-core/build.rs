@@ -1,8 +1,9 @@
 //! Compiles the C++ shim (`csrc/`) against libtorch's headers, as torch-sys compiles its own C++.
 //!
-//! - `csrc/shim.cpp`, `csrc/scale_shift.cpp`, `csrc/qkv_attention.cpp` -> a static library linked into every binary (c10d
-//!   with Gloo, InferenceMode, autocast's dtype, CUDA memory statistics, fused AdamW, SSF's fused
-//!   scale and shift, self-attention from a fused projection); it needs only libtorch_cpu and c10.
+//! - `csrc/shim.cpp`, `csrc/scale_shift.cpp`, `csrc/qkv_attention.cpp`, `csrc/gelu.cpp` -> a static
+//!   library linked into every binary (c10d with Gloo, InferenceMode, autocast's dtype, CUDA memory
+//!   statistics, fused AdamW, SSF's fused scale and shift, self-attention from a fused projection,
+//!   GELU); it needs libtorch_cpu, c10 and libtorch's OpenMP runtime.
 //! - `csrc/cuda_shim.cpp` -> `libvpetl_cuda_shim.so`, linked against libtorch_cuda and loaded at run
 //!   time (ProcessGroupNCCL), so the binaries still start without CUDA. It is built when the libtorch
 //!   has CUDA and the CUDA, CUDA-crt and NCCL headers of the `nvidia` pip packages are there (the
@@ -41,6 +42,7 @@ fn main() {
         .file("csrc/shim.cpp")
         .file("csrc/scale_shift.cpp")
         .file("csrc/qkv_attention.cpp")
+        .file("csrc/gelu.cpp")
         .includes(&includes)
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))

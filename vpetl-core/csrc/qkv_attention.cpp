@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "guarded.h"
+#include "vector_math.h"
 
 namespace {
 
@@ -94,29 +95,6 @@ Layout layout_of(const at::Tensor& qkv, int64_t heads) {
   return {qkv.size(0), qkv.size(1), heads, qkv.size(2) / (3 * heads)};
 }
 
-// The loops below are compiled for AVX-512, AVX2 and the baseline, picked at load time by the CPU
-// (GCC's function multiversioning), since the crate builds for the baseline x86-64.
-#define VPETL_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))
-
-// e^x for x ≤ 0 (scores minus their row's maximum), vectorisable: x = k·ln 2 + r with |r| ≤ ln2/2,
-// e^r by its Taylor polynomial to r⁶/720 (relative error below 2e-7), times 2^k built in the
-// exponent bits; below -87.3 the result is 0 (e^-87.3 is the smallest normal float).
-inline float exp_nonpositive(float x) {
-  const float k = (x * 1.44269504f + 12582912.f) - 12582912.f;  // round(x / ln 2)
-  const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;  // x - k·ln 2 in two parts
-  float p = 1.f / 720.f;
-  p = p * r + 1.f / 120.f;
-  p = p * r + 1.f / 24.f;
-  p = p * r + 1.f / 6.f;
-  p = p * r + 0.5f;
-  p = p * r + 1.f;
-  p = p * r + 1.f;
-  const int bits = (static_cast<int>(k) + 127) << 23;
-  float scale;
-  __builtin_memcpy(&scale, &bits, sizeof scale);
-  return x < -87.3f ? 0.f : p * scale;
-}
-
 // The largest of n floats, with 16 lanes kept apart so that the loop vectorises (a running maximum
 // is a chain of dependent compares).
 inline float max_of(const float* x, int64_t n) {
@@ -140,7 +118,7 @@ VPETL_VECTOR_CLONES void softmax_rows(float* p, int64_t n) {
     for (int64_t j = 0; j < n; j++) row[j] -= max;
   }
 #pragma omp simd
-  for (int64_t j = 0; j < n * n; j++) p[j] = exp_nonpositive(p[j]);
+  for (int64_t j = 0; j < n * n; j++) p[j] = vpetl::exp_nonpositive(p[j]);
   for (int64_t r = 0; r < n; r++) {
     float* row = p + r * n;
     float sum = 0.f;

@@ -62,9 +62,23 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: &Tensor, hooks: &Hooks, ctx: &Ctx) -> Tensor {
-        let h = hooks.linear(self.fc1_site, x, &self.fc1, ctx).gelu("none");
+        let h = gelu(&hooks.linear(self.fc1_site, x, &self.fc1, ctx));
         hooks.linear(self.fc2_site, &h, &self.fc2, ctx)
     }
+}
+
+/// Exact (erf) GELU, as timm's `nn.GELU()`. On the CPU in fp32 it is our node
+/// (`csrc/gelu.cpp`, the formula of ATen's vectorised kernel compiled for AVX-512 too, which
+/// libtorch's GELU is not); elsewhere ATen's.
+pub fn gelu(x: &Tensor) -> Tensor {
+    if x.device() != tch::Device::Cpu || x.kind() != tch::Kind::Float {
+        return x.gelu("none");
+    }
+    // SAFETY: the tensor lives for the call; the shim returns a new tensor we own, or null.
+    let out = unsafe { shim::vpetl_gelu(shim::raw(x)) };
+    assert!(!out.is_null(), "gelu: {}", shim::last_error());
+    // SAFETY: a heap `at::Tensor` from the shim, owned from here on (freed by tch's drop).
+    unsafe { Tensor::from_ptr(out.cast()) }
 }
 
 /// Applies a LayerNorm and its norm site.
@@ -175,6 +189,29 @@ pub fn unfused_attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tenso
 mod tests {
     use super::*;
     use tch::{Device, Kind};
+
+    /// Our GELU gives ATen's values and gradients, over the whole range (erf saturating, e^-x²/2
+    /// underflowing), on a strided view, with and without a graph.
+    #[test]
+    fn gelu_equals_aten() {
+        let opts = (Kind::Float, Device::Cpu);
+        let x = Tensor::cat(&[Tensor::linspace(-12.0, 12.0, 24001, opts), Tensor::randn([2999], opts)], 0);
+        let x = x.view([-1, 5]).transpose(0, 1).set_requires_grad(true);
+        let weights = Tensor::randn(x.size().as_slice(), opts);
+        let grad_of = |y: Tensor| {
+            (&y * &weights).sum(Kind::Float).backward();
+            let g = x.grad().copy();
+            let _ = x.grad().zero_();
+            (y.detach(), g)
+        };
+        let (ours, g_ours) = grad_of(gelu(&x));
+        let (aten, g_aten) = grad_of(x.gelu("none"));
+        let d_out = (&ours - &aten).abs().max().double_value(&[]);
+        let d_grad = (&g_ours - &g_aten).abs().max().double_value(&[]);
+        assert!(d_out < 1e-6 && d_grad < 1e-6, "values differ by {d_out:e}, gradients by {d_grad:e}");
+        let no_graph = tch::no_grad(|| gelu(&x));
+        assert!(!no_graph.requires_grad() && no_graph.allclose(&aten, 1e-6, 1e-6, false));
+    }
 
     /// Self-attention from a fused projection (our kernel up to UNFUSED_MAX_KEYS tokens, the ATen
     /// path above) gives SDPA's values, and the projection's gradient, with and without a graph.

@@ -41,7 +41,7 @@ use tch::nn::Init;
 use tch::Tensor;
 
 use super::{AttachCtx, Attached, MethodSpec};
-use crate::backbones::layers::trunc_normal;
+use crate::backbones::layers::{gelu, trunc_normal};
 use crate::backbones::sites::{BranchHook, Ctx, Hook, SiteKind, Target};
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -64,7 +64,7 @@ pub enum Activation {
 impl Activation {
     pub fn apply(self, x: &Tensor) -> Tensor {
         match self {
-            Activation::Gelu => x.gelu("none"),
+            Activation::Gelu => gelu(x),
             Activation::Relu => x.relu(),
         }
     }

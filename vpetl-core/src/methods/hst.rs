@@ -56,7 +56,7 @@ use tch::Tensor;
 
 use super::side::{block_sites, named_site, slot, Norm, SideOutput, Slot, TorchLinear, VIT_EPS};
 use super::{AttachCtx, Attached, MethodSpec};
-use crate::backbones::layers::{attention, drop_path, linear};
+use crate::backbones::layers::{attention, drop_path, gelu, linear};
 use crate::backbones::sites::{Ctx, Hook, SiteKind, Tokens, TokensHook};
 
 #[derive(Clone, Debug, Deserialize)]
@@ -207,7 +207,7 @@ impl SideBlock {
         let a = attention(&q, &k, &v, None);
         let a = self.proj.forward(&a.transpose(1, 2).reshape([b, n, d]));
         let y = y + drop_path(a, self.drop_path, train) + g;
-        let m = self.fc2.forward(&self.fc1.forward(&self.norm2.forward(&y)).gelu("none"));
+        let m = self.fc2.forward(&gelu(&self.fc1.forward(&self.norm2.forward(&y))));
         &y + drop_path(m, self.drop_path, train)
     }
 }

@@ -40,6 +40,7 @@ use tch::nn::{self, Init};
 use tch::Tensor;
 
 use super::{AttachCtx, Attached, MethodSpec, TargetSpec};
+use crate::backbones::layers::gelu;
 use crate::backbones::sites::{BranchHook, Ctx, Hook, SiteKind};
 
 #[derive(Clone, Debug, Deserialize)]
@@ -110,7 +111,7 @@ impl LowRankBottleneck {
     }
 
     pub(crate) fn forward(&self, z: &Tensor) -> Tensor {
-        self.up.forward(&self.down.forward(z).gelu("none"))
+        self.up.forward(&gelu(&self.down.forward(z)))
     }
 }
 

@@ -41,7 +41,7 @@ use tch::{Kind, Tensor};
 
 use super::side::{backbone_var, block_sites, named_site, slot, tap, Norm, SideOutput, Slot, TorchLinear, VIT_EPS};
 use super::{sub_path, AttachCtx, Attached, MethodSpec};
-use crate::backbones::layers::self_attention;
+use crate::backbones::layers::{gelu, self_attention};
 use crate::backbones::sites::{Ctx, Hook, SiteKind, Tokens, TokensHook};
 
 #[derive(Clone, Debug, Deserialize)]
@@ -78,7 +78,7 @@ impl SideBlock {
     fn forward(&self, x: &Tensor) -> Tensor {
         let a = self_attention(&self.qkv.forward(&self.norm1.forward(x)), self.num_heads);
         let x = x + self.proj.forward(&a);
-        let m = self.fc2.forward(&self.fc1.forward(&self.norm2.forward(&x)).gelu("none"));
+        let m = self.fc2.forward(&gelu(&self.fc1.forward(&self.norm2.forward(&x))));
         x + m
     }
 }

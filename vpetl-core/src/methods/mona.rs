@@ -43,7 +43,7 @@ use tch::nn::{self, Init};
 use tch::Tensor;
 
 use super::{AttachCtx, Attached, MethodSpec, TargetSpec};
-use crate::backbones::layers::trunc_normal;
+use crate::backbones::layers::{gelu, trunc_normal};
 use crate::backbones::sites::{Ctx, Hook, SiteKind, Tokens, TokensHook};
 
 #[derive(Clone, Debug, Deserialize)]
@@ -156,7 +156,7 @@ impl MonaModule {
         };
         let projected = p.conv2d(&self.projector.weight, Some(&self.projector.bias), [1, 1], [0, 0], [1, 1], 1);
         let p = (&p + projected).permute([0, 2, 3, 1]);
-        self.up.forward(&p.gelu("none").dropout(self.dropout, train))
+        self.up.forward(&gelu(&p).dropout(self.dropout, train))
     }
 }
 

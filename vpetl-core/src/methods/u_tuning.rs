@@ -41,6 +41,7 @@ use tch::nn::{self, Init};
 use tch::Tensor;
 
 use super::{AttachCtx, Attached, MethodSpec, TargetSpec};
+use crate::backbones::layers::gelu;
 use crate::backbones::sites::{AttentionHook, BranchHook, Ctx, Hook, SiteKind, SiteId};
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -139,7 +140,7 @@ impl ParallelAdapter {
 
 impl BranchHook for ParallelAdapter {
     fn forward(&self, x: &Tensor, y: Tensor, _ctx: &Ctx) -> Tensor {
-        let h = x.linear(&self.down_w, Some(&self.down_b)).gelu("none");
+        let h = gelu(&x.linear(&self.down_w, Some(&self.down_b)));
         y + h.linear(&self.up_w, Some(&self.up_b))
     }
 }

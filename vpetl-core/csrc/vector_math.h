@@ -1,0 +1,39 @@
+// Elementwise math for our CPU kernels, written so that GCC vectorises it, and the attribute that
+// compiles a loop for AVX-512, AVX2 and the baseline x86-64, picked at load time by the CPU (GCC's
+// function multiversioning): the crate builds for the baseline.
+#pragma once
+
+#define VPETL_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))
+
+namespace vpetl {
+
+// e^x for x ≤ 0, vectorisable: x = k·ln 2 + r with |r| ≤ ln2/2, e^r by its Taylor polynomial to
+// r⁶/720 (relative error below 2e-7), times 2^k built in the exponent bits; below -87.3 the result
+// is 0 (e^-87.3 is about the smallest normal float).
+inline float exp_nonpositive(float x) {
+  const float k = (x * 1.44269504f + 12582912.f) - 12582912.f;  // round(x / ln 2)
+  const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;  // x - k·ln 2 in two parts
+  float p = 1.f / 720.f;
+  p = p * r + 1.f / 120.f;
+  p = p * r + 1.f / 24.f;
+  p = p * r + 1.f / 6.f;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  const int bits = (static_cast<int>(k) + 127) << 23;
+  float scale;
+  __builtin_memcpy(&scale, &bits, sizeof scale);
+  return x < -87.3f ? 0.f : p * scale;
+}
+
+// erf(x) by Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7), the formula ATen's own
+// vectorised erf uses.
+inline float erf_approx(float x) {
+  const float ax = x < 0.f ? -x : x;
+  const float t = 1.f / (1.f + 0.3275911f * ax);
+  const float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+  const float r = 1.f - poly * exp_nonpositive(-ax * ax);
+  return x < 0.f ? -r : r;
+}
+
+}  // namespace vpetl
