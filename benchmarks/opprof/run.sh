@@ -3,6 +3,7 @@
 #
 #   benchmarks/opprof/run.sh OUT.txt COMMAND [ARGS...]
 #   benchmarks/opprof/compare.py OURS.txt REFERENCE.txt [ROWS]
+#   OPPROF_PARENTS=1 benchmarks/opprof/run.sh ...   # lines "caller > operator": who calls what
 #
 # Example, the quickstart model's LoRA step on both sides (the reference needs our weights first):
 #   d=$(mktemp -d); b=target/release/bench
