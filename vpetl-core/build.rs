@@ -47,22 +47,44 @@ fn main() {
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
-        // at::parallel_for is inline OpenMP (ParallelOpenMP.h): without -fopenmp it runs serially.
-        // The runtime is libtorch's own libgomp, linked below.
-        .flag("-fopenmp")
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-deprecated-declarations")
         .warnings(false);
+    // at::parallel_for is inline OpenMP (ParallelOpenMP.h): without -fopenmp it runs serially in our
+    // kernels. The runtime must be libtorch's own libgomp (one OpenMP runtime per process, the one
+    // at::set_num_threads sets), so GCC only, and only when libtorch ships it.
+    let gomp = openmp_runtime(&lib_dir);
+    let gnu = build.get_compiler().is_like_gnu();
+    match (&gomp, gnu) {
+        (Some(_), true) => {
+            build.flag("-fopenmp");
+        }
+        (None, _) => println!("cargo:warning=no libgomp in {}: our CPU kernels run single-threaded", lib_dir.display()),
+        (Some(_), false) => println!("cargo:warning=not GCC: our CPU kernels run single-threaded (libtorch's OpenMP runtime is GNU's)"),
+    }
     build.compile("vpetl_shim");
     // C, not C++: it only answers MKL's CPU check (see the file).
     cc::Build::new().file("csrc/mkl_cpu.c").warnings(true).compile("vpetl_mkl_cpu");
     println!("cargo:rustc-link-search=native={}", lib_dir.display());
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
-    // libtorch's OpenMP runtime (torch/lib/libgomp.so.1), not the compiler's: one runtime per process.
-    println!("cargo:rustc-link-lib=dylib:+verbatim=libgomp.so.1");
+    if let (Some(name), true) = (&gomp, gnu) {
+        println!("cargo:rustc-link-lib=dylib:+verbatim={name}");
+    }
 
     cuda.join().expect("the CUDA shim build panicked");
+}
+
+/// The file name of libtorch's OpenMP runtime in its lib directory (`libgomp.so.1` in the pip wheel,
+/// `libgomp-<hash>.so.1` in some builds), if it ships one.
+fn openmp_runtime(lib_dir: &Path) -> Option<String> {
+    let mut names: Vec<String> = std::fs::read_dir(lib_dir)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("libgomp") && n.contains(".so"))
+        .collect();
+    names.sort();
+    names.into_iter().next()
 }
 
 fn build_cuda_shim(build: &cc::Build, libtorch: &Path, includes: &[PathBuf], abi: &str) {

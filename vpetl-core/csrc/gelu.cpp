@@ -52,6 +52,7 @@ struct Gelu : torch::autograd::Function<Gelu> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const at::Tensor x = ctx->get_saved_variables()[0];
     RECORD_FUNCTION("vpetl::gelu_backward", std::vector<c10::IValue>{});
+    TORCH_CHECK(!at::GradMode::is_enabled(), "gelu: no double backward (create_graph)");
     const at::Tensor g = grads[0].contiguous();
     auto dx = at::empty_like(x);
     const float *in = x.data_ptr<float>(), *grad = g.data_ptr<float>();

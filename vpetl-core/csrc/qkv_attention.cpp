@@ -90,6 +90,7 @@ struct Layout {
 Layout layout_of(const at::Tensor& qkv, int64_t heads) {
   TORCH_CHECK(qkv.dim() == 3, "qkv_attention: the projection must be (B, N, 3·C), got ", qkv.sizes());
   TORCH_CHECK(qkv.scalar_type() == at::kFloat && qkv.device().is_cpu(), "qkv_attention: fp32 CPU tensors only");
+  TORCH_CHECK(qkv.size(0) > 0 && qkv.size(1) > 0, "qkv_attention: empty projection ", qkv.sizes());
   TORCH_CHECK(heads > 0 && qkv.size(2) % (3 * heads) == 0, "qkv_attention: ", qkv.size(2), " columns do not split into q, k, v of ", heads, " heads");
   TORCH_CHECK(sgemm_batch(), "qkv_attention: this libtorch has no MKL");
   return {qkv.size(0), qkv.size(1), heads, qkv.size(2) / (3 * heads)};
@@ -210,15 +211,16 @@ struct QkvAttention : torch::autograd::Function<QkvAttention> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& qkv, int64_t heads) {
     at::Tensor probs;
     auto out = attend(qkv, layout_of(qkv, heads), probs);
-    ctx->save_for_backward({qkv});
-    ctx->saved_data["probs"] = probs;
+    // Saved variables, not saved_data: the autograd engine frees them once the backward ran.
+    ctx->save_for_backward({qkv, probs});
     ctx->saved_data["heads"] = heads;
     return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const at::Tensor qkv = ctx->get_saved_variables()[0];
-    const at::Tensor probs = ctx->saved_data["probs"].toTensor();
+    TORCH_CHECK(!at::GradMode::is_enabled(), "qkv_attention: no double backward (create_graph)");
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &qkv = saved[0], &probs = saved[1];
     const Layout l = layout_of(qkv, ctx->saved_data["heads"].toInt());
     return {attend_backward(grads[0].contiguous(), qkv, probs, l), at::Tensor()};
   }

@@ -3,16 +3,22 @@
 // function multiversioning): the crate builds for the baseline.
 #pragma once
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define VPETL_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))
+#else
+#define VPETL_VECTOR_CLONES
+#endif
 
 namespace vpetl {
 
 // e^x for x ≤ 0, vectorisable: x = k·ln 2 + r with |r| ≤ ln2/2, e^r by its Taylor polynomial to
-// r⁶/720 (relative error below 2e-7), times 2^k built in the exponent bits; below -87.3 the result
-// is 0 (e^-87.3 is about the smallest normal float).
+// r⁶/720 (relative error about 2e-7), times 2^k built in the exponent bits; below -87.3 the result
+// is 0 (e^-87.3 is about the smallest normal float), NaN stays NaN. The argument is clamped to
+// [-87.3, 0] first, so that k's conversion and shift stay defined.
 inline float exp_nonpositive(float x) {
-  const float k = (x * 1.44269504f + 12582912.f) - 12582912.f;  // round(x / ln 2)
-  const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;  // x - k·ln 2 in two parts
+  const float xc = x > -87.3f ? (x < 0.f ? x : 0.f) : -87.3f;
+  const float k = (xc * 1.44269504f + 12582912.f) - 12582912.f;  // round(x / ln 2), -126 to 0
+  const float r = (xc - k * 0.693359375f) + k * 2.12194440e-4f;  // x - k·ln 2 in two parts
   float p = 1.f / 720.f;
   p = p * r + 1.f / 120.f;
   p = p * r + 1.f / 24.f;
@@ -23,7 +29,7 @@ inline float exp_nonpositive(float x) {
   const int bits = (static_cast<int>(k) + 127) << 23;
   float scale;
   __builtin_memcpy(&scale, &bits, sizeof scale);
-  return x < -87.3f ? 0.f : p * scale;
+  return x != x ? x : (x < -87.3f ? 0.f : p * scale);
 }
 
 // erf(x) by Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7), the formula ATen's own

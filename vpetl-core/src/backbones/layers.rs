@@ -152,12 +152,14 @@ pub fn self_attention(qkv: &Tensor, heads: i64) -> Tensor {
     merge_heads(&attention(&q, &k, &v, None))
 }
 
-/// Whether [`self_attention`] runs our kernel for `tokens` tokens of `kind` on `device`.
+/// Whether [`self_attention`] runs our kernel for `tokens` tokens of `kind` on `device`: fp32 on
+/// the CPU, not under autocast (whose ATen path would take bf16 products).
 pub fn takes_qkv_kernel(device: tch::Device, kind: tch::Kind, tokens: i64) -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     device == tch::Device::Cpu
         && kind == tch::Kind::Float
-        && tokens <= UNFUSED_MAX_KEYS
+        && (1..=UNFUSED_MAX_KEYS).contains(&tokens)
+        && !crate::engine::amp::Autocast::is_enabled(device)
         // SAFETY: a lookup without arguments.
         && *AVAILABLE.get_or_init(|| unsafe { shim::vpetl_qkv_attention_available() } != 0)
 }
@@ -211,6 +213,12 @@ mod tests {
         assert!(d_out < 1e-6 && d_grad < 1e-6, "values differ by {d_out:e}, gradients by {d_grad:e}");
         let no_graph = tch::no_grad(|| gelu(&x));
         assert!(!no_graph.requires_grad() && no_graph.allclose(&aten, 1e-6, 1e-6, false));
+        // NaN stays NaN; a second-order backward is refused, not silently zero.
+        let nan = gelu(&Tensor::from_slice(&[f32::NAN, 0.0, -100.0, 100.0]));
+        let v = Vec::<f32>::try_from(&nan).expect("four values");
+        assert!(v[0].is_nan() && v[1..].iter().all(|x| x.is_finite()), "{v:?}");
+        let loss = gelu(&x).sum(Kind::Float);
+        assert!(Tensor::f_run_backward(&[loss], &[&x], true, true).is_err(), "double backward through our GELU");
     }
 
     /// Self-attention from a fused projection (our kernel up to UNFUSED_MAX_KEYS tokens, the ATen
@@ -246,6 +254,10 @@ mod tests {
             assert!(d_view < 1e-5, "{n} tokens from a strided view: values differ by {d_view:e}");
         }
         assert!(takes_qkv_kernel(Device::Cpu, Kind::Float, 65), "the kernel is available with this libtorch (MKL)");
+        // A second-order backward is refused, not silently zero.
+        let qkv = Tensor::randn([2, 5, 24], opts).set_requires_grad(true);
+        let loss = (self_attention(&qkv, 2) * 2.0).sum(Kind::Float);
+        assert!(Tensor::f_run_backward(&[loss], &[&qkv], true, true).is_err(), "double backward through our attention");
     }
 
     /// Both paths (few keys: unfused; many: fused) give SDPA's values and gradients, with and
