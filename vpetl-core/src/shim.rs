@@ -70,6 +70,17 @@ pub fn last_error() -> String {
     unsafe { CStr::from_ptr(vpetl_last_error()) }.to_string_lossy().into_owned()
 }
 
+/// The tensor a shim function returned, owned from here on (freed by tch's drop); a null pointer
+/// (the shim's failure) panics with `what` and the shim's message.
+///
+/// # Safety
+/// `out` is null or a heap `at::Tensor*` that the shim handed over and nothing else frees.
+pub unsafe fn owned_tensor(out: RawTensor, what: &str) -> Tensor {
+    assert!(!out.is_null(), "{what}: {}", last_error());
+    // SAFETY: non-null, and ours by the caller's contract.
+    unsafe { Tensor::from_ptr(out.cast()) }
+}
+
 /// A tensor as the shim takes it. The pointer is valid while `t` lives.
 pub fn raw(t: &Tensor) -> RawTensor {
     t.as_ptr() as RawTensor

@@ -75,10 +75,7 @@ pub fn gelu(x: &Tensor) -> Tensor {
         return x.gelu("none");
     }
     // SAFETY: the tensor lives for the call; the shim returns a new tensor we own, or null.
-    let out = unsafe { shim::vpetl_gelu(shim::raw(x)) };
-    assert!(!out.is_null(), "gelu: {}", shim::last_error());
-    // SAFETY: a heap `at::Tensor` from the shim, owned from here on (freed by tch's drop).
-    unsafe { Tensor::from_ptr(out.cast()) }
+    unsafe { shim::owned_tensor(shim::vpetl_gelu(shim::raw(x)), "gelu") }
 }
 
 /// Applies a LayerNorm and its norm site.
@@ -137,16 +134,14 @@ pub fn merge_heads(out: &Tensor) -> Tensor {
 ///
 /// On the CPU in fp32, up to [`UNFUSED_MAX_KEYS`] tokens, it is one autograd node of our own
 /// (`csrc/qkv_attention.cpp`): its products read q, k and v in place and write the output and the
-/// gradient in token order, where the ATen path copies each of them (1.4 times faster forward plus
-/// backward at the quickstart's shape: `tools/bench attention`). Elsewhere it is the ATen path.
+/// gradient in token order, where the ATen path copies each of them. With q, k and v already apart
+/// the two take about the same time (`tools/bench attention`: 0.89 to 1.05); the gain is those
+/// copies (the quickstart step's attention: about 13 → 11 ms). Elsewhere it is the ATen path.
 pub fn self_attention(qkv: &Tensor, heads: i64) -> Tensor {
     let tokens = qkv.size()[1];
     if takes_qkv_kernel(qkv.device(), qkv.kind(), tokens) {
         // SAFETY: the tensor lives for the call; the shim returns a new tensor we own, or null.
-        let out = unsafe { shim::vpetl_qkv_attention(shim::raw(qkv), heads) };
-        assert!(!out.is_null(), "attention: {}", shim::last_error());
-        // SAFETY: a heap `at::Tensor` from the shim, owned from here on (freed by tch's drop).
-        return unsafe { Tensor::from_ptr(out.cast()) };
+        return unsafe { shim::owned_tensor(shim::vpetl_qkv_attention(shim::raw(qkv), heads), "attention") };
     }
     let (q, k, v) = split_qkv(qkv, heads);
     merge_heads(&attention(&q, &k, &v, None))

@@ -28,7 +28,7 @@ use serde::Deserialize;
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
-use super::layers::{attention, drop_path, layer_norm, linear, norm, split_qkv, trunc_normal, Mlp};
+use super::layers::{attention, drop_path, layer_norm, linear, merge_heads, norm, split_qkv, trunc_normal, Mlp};
 use super::sites::{AttentionLayout, Ctx, Hooks, SiteId, SiteKind, SiteMap, Tokens};
 use super::{Backbone, BackboneOutput, BackboneSpec, ForwardOpts, Resample};
 use crate::checkpoint::load::Layout;
@@ -148,7 +148,7 @@ impl WindowAttention {
     /// `x`: `(B*nW, N, C)` windows; `mask`: `(nW, N, N)` additive shift mask; `positions`: `(nW, N)`
     /// grid index of each token (see [`AttentionLayout::windows`]), given when hooks are installed.
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>, positions: Option<&Tensor>, hooks: &Hooks, ctx: &Ctx) -> Tensor {
-        let (bw, n, c) = x.size3().expect("windows are (B*nW, N, C)");
+        let (bw, n, _) = x.size3().expect("windows are (B*nW, N, C)");
         let (q, k, v) = split_qkv(&hooks.linear(self.qkv_site, x, &self.qkv, ctx), self.num_heads);
         let (k, v) = hooks.attention_kv(self.attn_site, k, v, ctx);
         let mut attn_mask = self.bias().to_kind(q.kind());
@@ -166,8 +166,7 @@ impl WindowAttention {
             hooks.attention_layout(self.attn_site, &AttentionLayout { bias: Some(&attn_mask), windows: positions }, ctx);
         }
         let out = attention(&q, &k, &v, Some(&attn_mask));
-        let out = hooks.attention_out(self.attn_site, &q, out, ctx);
-        let out = out.transpose(1, 2).reshape([bw, n, c]);
+        let out = merge_heads(&hooks.attention_out(self.attn_site, &q, out, ctx));
         hooks.linear(self.proj_site, &out, &self.proj, ctx)
     }
 }

@@ -56,7 +56,7 @@ use tch::Tensor;
 
 use super::side::{block_sites, named_site, slot, Norm, SideOutput, Slot, TorchLinear, VIT_EPS};
 use super::{AttachCtx, Attached, MethodSpec};
-use crate::backbones::layers::{attention, drop_path, gelu, linear};
+use crate::backbones::layers::{attention, drop_path, gelu, linear, merge_heads};
 use crate::backbones::sites::{Ctx, Hook, SiteKind, Tokens, TokensHook};
 
 #[derive(Clone, Debug, Deserialize)]
@@ -196,7 +196,7 @@ impl SideBlock {
     /// `y` the side tokens `(B, N, D)`, `c` the key/value tokens `(B, M + 1, D)`, `g` the bridged
     /// ViT map `(B, N, D)`.
     fn forward(&self, y: &Tensor, c: &Tensor, g: &Tensor, train: bool) -> Tensor {
-        let (b, n, d) = y.size3().expect("HST: side tokens are (B, N, D)");
+        let (b, _, d) = y.size3().expect("HST: side tokens are (B, N, D)");
         let hd = d / self.heads;
         let split = |t: Tensor| {
             let len = t.size()[1];
@@ -205,7 +205,7 @@ impl SideBlock {
         let q = split(self.q.forward(&self.norm1.forward(y)));
         let (k, v) = (split(self.k.forward(c)), split(self.v.forward(c)));
         let a = attention(&q, &k, &v, None);
-        let a = self.proj.forward(&a.transpose(1, 2).reshape([b, n, d]));
+        let a = self.proj.forward(&merge_heads(&a));
         let y = y + drop_path(a, self.drop_path, train) + g;
         let m = self.fc2.forward(&gelu(&self.fc1.forward(&self.norm2.forward(&y))));
         &y + drop_path(m, self.drop_path, train)

@@ -74,10 +74,7 @@ impl ScaleShift {
     /// extra full-size product of `addcmul`'s.
     fn apply(&self, x: &Tensor) -> Tensor {
         // SAFETY: the three tensors live for the call; the shim returns a new tensor we own, or null.
-        let out = unsafe { shim::vpetl_scale_shift(shim::raw(x), shim::raw(&self.scale), shim::raw(&self.shift)) };
-        assert!(!out.is_null(), "SSF: {}", shim::last_error());
-        // SAFETY: a heap `at::Tensor` from the shim, owned from here on (freed by tch's drop).
-        unsafe { Tensor::from_ptr(out.cast()) }
+        unsafe { shim::owned_tensor(shim::vpetl_scale_shift(shim::raw(x), shim::raw(&self.scale), shim::raw(&self.shift)), "SSF") }
     }
 }
 
