@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "guarded.h"
+#include "head_products.h"
 #include "vector_math.h"
 
 namespace {
@@ -143,9 +144,128 @@ VPETL_VECTOR_CLONES void softmax_backward_rows(const float* p, float* ds, int64_
   }
 }
 
-// The output (B, N, C); `probs` receives the probabilities (B, heads, N, N).
-at::Tensor attend(const at::Tensor& qkv, const Layout& l, at::Tensor& probs) {
+#ifdef VPETL_HEAD_PRODUCTS
+namespace hp = vpetl::head_products;
+
+// Heads whose width is whole vectors of 16, on a CPU with AVX-512, take our own products
+// (head_products.h); the others MKL's batched sgemm.
+bool own_products(const Layout& l) { return hp::supported() && l.head_dim % 16 == 0; }
+
+// A row of scores rounded up to whole vectors: the probabilities are kept (B, heads, N, padded(N)),
+// the columns past N zero, so that every product runs over whole vectors.
+int64_t padded(int64_t n) { return (n + 15) / 16 * 16; }
+
+// x (rows × cols, row stride ld) transposed into t (cols × ld_t), the columns from `rows` on zero.
+void transpose_padded(const float* x, int64_t ld, int64_t rows, int64_t cols, float* t, int64_t ld_t) {
+  for (int64_t c = 0; c < cols; c++) {
+    for (int64_t r = 0; r < rows; r++) t[c * ld_t + r] = x[r * ld + c];
+    for (int64_t r = rows; r < ld_t; r++) t[c * ld_t + r] = 0.f;
+  }
+}
+
+// Softmax of the first n columns of n rows (row stride ld), the columns past n set to zero.
+VPETL_AVX512 void softmax_padded(float* p, int64_t n, int64_t ld) {
+  for (int64_t r = 0; r < n; r++) {
+    float* row = p + r * ld;
+    const float max = max_of(row, n);
+    for (int64_t j = 0; j < ld; j++) row[j] = vpetl::exp_nonpositive(row[j] - max);
+    for (int64_t j = n; j < ld; j++) row[j] = 0.f;
+    float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < ld; j++) sum += row[j];
+    const float inv = 1.f / sum;
+    for (int64_t j = 0; j < ld; j++) row[j] *= inv;
+  }
+}
+
+// Where one head's operands lie: q, k and v rows in the projection (row stride `ld`), output or
+// its gradient rows (stride `ld_out`), its probabilities (N × padded(N)).
+struct Head {
+  const float *q, *k, *v;
+  int64_t ld, ld_out;
+  float* p;
+};
+
+// One head's forward: p = softmax(scale · q kᵀ), out = p v. `kt` holds d × padded(N) floats.
+VPETL_AVX512 void head_forward(const Head& h, float* out, float* kt, int64_t n, int64_t d, float scale) {
+  const int64_t np = padded(n);
+  transpose_padded(h.k, h.ld, n, d, kt, np);
+  hp::product(h.q, h.ld, 1, kt, np, d, h.p, np, n, np / 16, scale);
+  softmax_padded(h.p, n, np);
+  hp::product(h.p, np, 1, h.v, h.ld, n, out, h.ld_out, n, d / 16, 1.f);
+}
+
+// One head's backward from the output's gradient g into dq, dk and dv (row stride h.ld);
+// `ds` holds N × padded(N) floats and `vt` d × padded(N).
+VPETL_AVX512 void head_backward(const Head& h, const float* g, float* dq, float* dk, float* dv, float* ds, float* vt, int64_t n,
+                                int64_t d, float scale) {
+  const int64_t np = padded(n);
+  transpose_padded(h.v, h.ld, n, d, vt, np);
+  hp::product(g, h.ld_out, 1, vt, np, d, ds, np, n, np / 16, 1.f);  // dp = g vᵀ
+  hp::product(h.p, 1, np, g, h.ld_out, n, dv, h.ld, n, d / 16, 1.f);  // dv = pᵀ g
+  softmax_backward_rows(h.p, ds, n, np);
+  hp::product(ds, np, 1, h.k, h.ld, n, dq, h.ld, n, d / 16, scale);  // dq = scale · ds k
+  hp::product(ds, 1, np, h.q, h.ld, n, dk, h.ld, n, d / 16, scale);  // dk = scale · dsᵀ q
+}
+
+// Head i of the projection x, its probabilities at p.
+Head head_of(const float* x, const Layout& l, int64_t i, float* p) {
+  const float* q = x + l.token_major(i, 3, 0);
+  return {q, q + l.width(), q + 2 * l.width(), 3 * l.width(), l.width(), p};
+}
+
+// The output (B, N, C); `probs` (B, heads, N, padded(N)) receives the probabilities when defined,
+// else each thread keeps one head's at a time.
+at::Tensor attend_own(const at::Tensor& qkv, const Layout& l, at::Tensor* probs) {
   RECORD_FUNCTION("vpetl::qkv_attention", std::vector<c10::IValue>{});
+  const int64_t n = l.tokens, d = l.head_dim, np = padded(n);
+  auto out = at::empty({l.batch, l.tokens, l.width()}, qkv.options());
+  if (probs) *probs = at::empty({l.batch, l.heads, n, np}, qkv.options());
+  const float* x = qkv.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  float* kept = probs ? probs->data_ptr<float>() : nullptr;
+  const float scale = 1.f / std::sqrt(static_cast<float>(d));
+  at::parallel_for(0, l.count(), 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch((d + (kept ? 0 : n)) * np);
+    for (int64_t i = begin; i < end; i++) {
+      float* p = kept ? kept + i * n * np : scratch.data() + d * np;
+      head_forward(head_of(x, l, i, p), o + l.token_major(i, 1, 0), scratch.data(), n, d, scale);
+    }
+  });
+  return out;
+}
+
+// The gradient of the projection (B, N, 3·C) given the output's gradient `grad` (B, N, C).
+at::Tensor attend_own_backward(const at::Tensor& grad, const at::Tensor& qkv, const at::Tensor& probs, const Layout& l) {
+  RECORD_FUNCTION("vpetl::qkv_attention_backward", std::vector<c10::IValue>{});
+  const int64_t n = l.tokens, d = l.head_dim, np = padded(n);
+  auto dqkv = at::empty_like(qkv);
+  const float* x = qkv.data_ptr<float>();
+  const float* g = grad.data_ptr<float>();
+  float* p = const_cast<float*>(probs.data_ptr<float>());
+  float* dx = dqkv.data_ptr<float>();
+  const float scale = 1.f / std::sqrt(static_cast<float>(d));
+  at::parallel_for(0, l.count(), 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch((n + d) * np);
+    for (int64_t i = begin; i < end; i++) {
+      float* dq = dx + l.token_major(i, 3, 0);
+      head_backward(head_of(x, l, i, p + i * n * np), g + l.token_major(i, 1, 0), dq, dq + l.width(), dq + 2 * l.width(), scratch.data(),
+                    scratch.data() + n * np, n, d, scale);
+    }
+  });
+  return dqkv;
+}
+#endif
+
+// The output (B, N, C); `probs`, when given, receives the probabilities for the backward (their
+// layout is the path's own).
+at::Tensor attend(const at::Tensor& qkv, const Layout& l, at::Tensor* probs_out) {
+#ifdef VPETL_HEAD_PRODUCTS
+  if (own_products(l)) return attend_own(qkv, l, probs_out);
+#endif
+  RECORD_FUNCTION("vpetl::qkv_attention", std::vector<c10::IValue>{});
+  at::Tensor local;
+  at::Tensor& probs = probs_out ? *probs_out : local;
   const int n = static_cast<int>(l.tokens), d = static_cast<int>(l.head_dim);
   const int ld_qkv = static_cast<int>(3 * l.width()), ld_out = static_cast<int>(l.width());
   auto out = at::empty({l.batch, l.tokens, l.width()}, qkv.options());
@@ -174,6 +294,9 @@ at::Tensor attend(const at::Tensor& qkv, const Layout& l, at::Tensor& probs) {
 
 // The gradient of the projection (B, N, 3·C) given the output's gradient `grad` (B, N, C).
 at::Tensor attend_backward(const at::Tensor& grad, const at::Tensor& qkv, const at::Tensor& probs, const Layout& l) {
+#ifdef VPETL_HEAD_PRODUCTS
+  if (own_products(l)) return attend_own_backward(grad, qkv, probs, l);
+#endif
   RECORD_FUNCTION("vpetl::qkv_attention_backward", std::vector<c10::IValue>{});
   const int n = static_cast<int>(l.tokens), d = static_cast<int>(l.head_dim);
   const int ld_qkv = static_cast<int>(3 * l.width()), ld_out = static_cast<int>(l.width());
@@ -210,7 +333,7 @@ at::Tensor attend_backward(const at::Tensor& grad, const at::Tensor& qkv, const 
 struct QkvAttention : torch::autograd::Function<QkvAttention> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& qkv, int64_t heads) {
     at::Tensor probs;
-    auto out = attend(qkv, layout_of(qkv, heads), probs);
+    auto out = attend(qkv, layout_of(qkv, heads), &probs);
     // Saved variables, not saved_data: the autograd engine frees them once the backward ran.
     ctx->save_for_backward({qkv, probs});
     ctx->saved_data["heads"] = heads;
@@ -242,8 +365,7 @@ at::Tensor* vpetl_qkv_attention(at::Tensor* qkv, int64_t heads) {
     if (at::GradMode::is_enabled() && x.requires_grad()) {
       out = new at::Tensor(QkvAttention::apply(x, heads));
     } else {
-      at::Tensor probs;
-      out = new at::Tensor(attend(x, layout_of(x, heads), probs));
+      out = new at::Tensor(attend(x, layout_of(x, heads), nullptr));
     }
   });
   return out;
