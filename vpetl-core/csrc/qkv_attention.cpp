@@ -163,18 +163,42 @@ void transpose_padded(const float* x, int64_t ld, int64_t rows, int64_t cols, fl
   }
 }
 
-// Softmax of the first n columns of n rows (row stride ld), the columns past n set to zero.
+// The lanes of the last vector of a padded row that hold one of its n columns.
+inline __mmask16 last_lanes(int64_t n) { return static_cast<__mmask16>(0xFFFFu >> ((16 - n % 16) % 16)); }
+
+// Softmax of the first n columns of n rows (row stride ld = padded(n)), the columns past n set to
+// zero. Intrinsics, because a row is only a few vectors long: the reductions across lanes, once
+// per row, would otherwise cost as much as the exponentials.
 VPETL_AVX512 void softmax_padded(float* p, int64_t n, int64_t ld) {
+  const int64_t last = ld / 16 - 1;
+  const __mmask16 tail = last_lanes(n);
   for (int64_t r = 0; r < n; r++) {
     float* row = p + r * ld;
-    const float max = max_of(row, n);
-    for (int64_t j = 0; j < ld; j++) row[j] = vpetl::exp_nonpositive(row[j] - max);
-    for (int64_t j = n; j < ld; j++) row[j] = 0.f;
-    float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < ld; j++) sum += row[j];
-    const float inv = 1.f / sum;
-    for (int64_t j = 0; j < ld; j++) row[j] *= inv;
+    __m512 max = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail, row + 16 * last);
+    for (int64_t v = 0; v < last; v++) max = _mm512_max_ps(max, _mm512_loadu_ps(row + 16 * v));
+    const __m512 shift = _mm512_set1_ps(_mm512_reduce_max_ps(max));
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t v = 0; v <= last; v++) {
+      __m512 e = vpetl::exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(row + 16 * v), shift));
+      if (v == last) e = _mm512_maskz_mov_ps(tail, e);
+      _mm512_storeu_ps(row + 16 * v, e);
+      sum = _mm512_add_ps(sum, e);
+    }
+    const __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(sum));
+    for (int64_t v = 0; v <= last; v++) _mm512_storeu_ps(row + 16 * v, _mm512_mul_ps(_mm512_loadu_ps(row + 16 * v), inv));
+  }
+}
+
+// Softmax's derivative over n padded rows: ds = p ⊙ (dp − Σ_j p ⊙ dp), dp given in `ds`.
+VPETL_AVX512 void softmax_backward_padded(const float* p, float* ds, int64_t n, int64_t ld) {
+  for (int64_t r = 0; r < n; r++) {
+    const float* pr = p + r * ld;
+    float* dr = ds + r * ld;
+    __m512 dot = _mm512_setzero_ps();
+    for (int64_t j = 0; j < ld; j += 16) dot = _mm512_fmadd_ps(_mm512_loadu_ps(pr + j), _mm512_loadu_ps(dr + j), dot);
+    const __m512 d = _mm512_set1_ps(_mm512_reduce_add_ps(dot));
+    for (int64_t j = 0; j < ld; j += 16)
+      _mm512_storeu_ps(dr + j, _mm512_mul_ps(_mm512_loadu_ps(pr + j), _mm512_sub_ps(_mm512_loadu_ps(dr + j), d)));
   }
 }
 
@@ -203,7 +227,7 @@ VPETL_AVX512 void head_backward(const Head& h, const float* g, float* dq, float*
   transpose_padded(h.v, h.ld, n, d, vt, np);
   hp::product(g, h.ld_out, 1, vt, np, d, ds, np, n, np / 16, 1.f);  // dp = g vᵀ
   hp::product(h.p, 1, np, g, h.ld_out, n, dv, h.ld, n, d / 16, 1.f);  // dv = pᵀ g
-  softmax_backward_rows(h.p, ds, n, np);
+  softmax_backward_padded(h.p, ds, n, np);
   hp::product(ds, np, 1, h.k, h.ld, n, dq, h.ld, n, d / 16, scale);  // dq = scale · ds k
   hp::product(ds, 1, np, h.q, h.ld, n, dk, h.ld, n, d / 16, scale);  // dk = scale · dsᵀ q
 }

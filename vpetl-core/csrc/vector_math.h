@@ -3,6 +3,10 @@
 // function multiversioning): the crate builds for the baseline.
 #pragma once
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define VPETL_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))
 #else
@@ -41,5 +45,24 @@ inline float erf_approx(float x) {
   const float r = 1.f - poly * exp_nonpositive(-ax * ax);
   return x < 0.f ? -r : r;
 }
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// exp_nonpositive on 16 lanes, for kernels written with AVX-512 intrinsics (the same polynomial;
+// 2^k by vscalefps).
+__attribute__((target("avx512f"))) inline __m512 exp_nonpositive(__m512 x) {
+  const __m512 xc = _mm512_min_ps(_mm512_setzero_ps(), _mm512_max_ps(_mm512_set1_ps(-87.3f), x));  // NaN kept
+  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_fmadd_ps(k, _mm512_set1_ps(2.12194440e-4f), _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), xc));
+  __m512 p = _mm512_set1_ps(1.f / 720.f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  const __mmask16 underflow = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_LT_OQ);
+  return _mm512_maskz_scalef_ps(static_cast<__mmask16>(~underflow), p, k);
+}
+#endif
 
 }  // namespace vpetl
