@@ -28,8 +28,10 @@ VPETL_VECTOR_CLONES void gelu_forward(const float* x, float* y, int64_t n) {
 
 VPETL_VECTOR_CLONES void gelu_backward(const float* x, const float* g, float* dx, int64_t n) {
   for (int64_t i = 0; i < n; i++) {
-    const float cdf = 0.5f * (1.f + vpetl::erf_approx(x[i] * kSqrtHalf));
-    const float pdf = kInvSqrtTwoPi * vpetl::exp_nonpositive(-0.5f * x[i] * x[i]);
+    // One exponential serves both: erf(x/√2) needs e^(−x²/2), as φ(x) does.
+    const float e = vpetl::exp_nonpositive(-0.5f * x[i] * x[i]);
+    const float cdf = 0.5f * (1.f + vpetl::erf_approx(x[i] * kSqrtHalf, e));
+    const float pdf = kInvSqrtTwoPi * e;
     dx[i] = g[i] * (cdf + x[i] * pdf);
   }
 }

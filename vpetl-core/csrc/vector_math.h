@@ -38,13 +38,16 @@ inline float exp_nonpositive(float x) {
 
 // erf(x) by Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7), the formula ATen's own
 // vectorised erf uses.
-inline float erf_approx(float x) {
+// `exp_neg_x2` is e^(−x²), which a caller may have at hand (GELU's derivative needs it too).
+inline float erf_approx(float x, float exp_neg_x2) {
   const float ax = x < 0.f ? -x : x;
   const float t = 1.f / (1.f + 0.3275911f * ax);
   const float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
-  const float r = 1.f - poly * exp_nonpositive(-ax * ax);
+  const float r = 1.f - poly * exp_neg_x2;
   return x < 0.f ? -r : r;
 }
+
+inline float erf_approx(float x) { return erf_approx(x, exp_nonpositive(-x * x)); }
 
 #if defined(__x86_64__) && defined(__GNUC__)
 // exp_nonpositive on 16 lanes, for kernels written with AVX-512 intrinsics (the same polynomial;
