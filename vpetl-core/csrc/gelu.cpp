@@ -10,6 +10,9 @@
 #include <ATen/record_function.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "guarded.h"
 #include "vector_math.h"
 
@@ -66,6 +69,83 @@ struct Gelu : torch::autograd::Function<Gelu> {
   }
 };
 
+// GELU of a linear layer's output before its bias: y = GELU(h + b) over rows of `cols`.
+//
+// Why: a linear layer's `addmm` first copies its bias into every row of the output, then adds the
+// product; its backward sums the output's gradient over rows for the bias. Here the product is a
+// plain `mm` and the bias rides in GELU's passes, forward and backward: for the quickstart's MLP
+// (3250 rows of 256) those are two passes over 3.3 MB less per block. The saved tensor is h, as
+// the unfused pair would save h + b.
+VPETL_VECTOR_CLONES void bias_gelu_forward(const float* h, const float* b, float* y, int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t c = 0; c < cols; c++) {
+      const float x = h[r * cols + c] + b[c];
+      y[r * cols + c] = 0.5f * x * (1.f + vpetl::erf_approx(x * kSqrtHalf));
+    }
+}
+
+// dh = g · GELU'(h + b), and the column sums of dh added into db.
+VPETL_VECTOR_CLONES void bias_gelu_backward(const float* h, const float* b, const float* g, float* dh, float* db, int64_t rows,
+                                            int64_t cols) {
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t c = 0; c < cols; c++) {
+      const int64_t i = r * cols + c;
+      const float x = h[i] + b[c];
+      const float e = vpetl::exp_nonpositive(-0.5f * x * x);
+      const float d = g[i] * (0.5f * (1.f + vpetl::erf_approx(x * kSqrtHalf, e)) + x * kInvSqrtTwoPi * e);
+      dh[i] = d;
+      db[c] += d;
+    }
+}
+
+// Rows per parallel task: about kGrain elements.
+int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kGrain / std::max<int64_t>(1, cols)); }
+
+at::Tensor bias_gelu_erf(const at::Tensor& h, const at::Tensor& b) {
+  RECORD_FUNCTION("vpetl::bias_gelu", std::vector<c10::IValue>{});
+  auto y = at::empty_like(h);
+  const int64_t cols = b.numel(), rows = h.numel() / cols;
+  const float *in = h.data_ptr<float>(), *bias = b.data_ptr<float>();
+  float* out = y.data_ptr<float>();
+  at::parallel_for(0, rows, row_grain(cols), [&](int64_t begin, int64_t end) {
+    bias_gelu_forward(in + begin * cols, bias, out + begin * cols, end - begin, cols);
+  });
+  return y;
+}
+
+struct BiasGelu : torch::autograd::Function<BiasGelu> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& h, const at::Tensor& b) {
+    ctx->save_for_backward({h, b});
+    return bias_gelu_erf(h, b);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    TORCH_CHECK(!at::GradMode::is_enabled(), "bias_gelu: no double backward (create_graph)");
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &h = saved[0], &b = saved[1];
+    RECORD_FUNCTION("vpetl::bias_gelu_backward", std::vector<c10::IValue>{});
+    const at::Tensor g = grads[0].contiguous();
+    const int64_t cols = b.numel(), rows = h.numel() / cols;
+    auto dh = at::empty_like(h);
+    // Each task sums its rows' bias gradient apart; the sums are added in task order afterwards.
+    const int64_t grain = row_grain(cols), tasks = (rows + grain - 1) / grain;
+    std::vector<float> partial(tasks * cols, 0.f);
+    const float *in = h.data_ptr<float>(), *bias = b.data_ptr<float>(), *grad = g.data_ptr<float>();
+    float* out = dh.data_ptr<float>();
+    at::parallel_for(0, tasks, 1, [&](int64_t first, int64_t last) {
+      for (int64_t t = first; t < last; t++) {
+        const int64_t begin = t * grain, n = std::min(rows, begin + grain) - begin;
+        bias_gelu_backward(in + begin * cols, bias, grad + begin * cols, out + begin * cols, partial.data() + t * cols, n, cols);
+      }
+    });
+    auto db = at::zeros_like(b);
+    float* sum = db.data_ptr<float>();
+    for (int64_t t = 0; t < tasks; t++)
+      for (int64_t c = 0; c < cols; c++) sum[c] += partial[t * cols + c];
+    return {dh, db};
+  }
+};
+
 }  // namespace
 
 extern "C" {
@@ -78,6 +158,22 @@ at::Tensor* vpetl_gelu(at::Tensor* x) {
     TORCH_CHECK(x->scalar_type() == at::kFloat && x->device().is_cpu(), "gelu: fp32 CPU tensors only");
     const at::Tensor in = x->contiguous();
     out = new at::Tensor(at::GradMode::is_enabled() && in.requires_grad() ? Gelu::apply(in) : gelu_erf(in));
+  });
+  return out;
+}
+
+// GELU(h + b) for a fp32 CPU tensor h whose last axis has b's length (a linear layer's output
+// before its bias): a new tensor for tch to own, or null (the message in vpetl_last_error).
+at::Tensor* vpetl_bias_gelu(at::Tensor* h, at::Tensor* b) {
+  at::Tensor* out = nullptr;
+  vpetl::guarded([&] {
+    for (const at::Tensor* t : {h, b})
+      TORCH_CHECK(t->scalar_type() == at::kFloat && t->device().is_cpu(), "bias_gelu: fp32 CPU tensors only");
+    TORCH_CHECK(b->dim() == 1 && h->dim() >= 1 && h->size(-1) == b->numel(), "bias_gelu: a bias of ", b->sizes(),
+                " does not match an input of ", h->sizes());
+    const at::Tensor in = h->contiguous(), bias = b->contiguous();
+    const bool graph = at::GradMode::is_enabled() && (in.requires_grad() || bias.requires_grad());
+    out = new at::Tensor(graph ? BiasGelu::apply(in, bias) : bias_gelu_erf(in, bias));
   });
   return out;
 }

@@ -26,6 +26,7 @@ extern "C" {
     pub fn vpetl_qkv_attention_available() -> c_int;
     pub fn vpetl_qkv_attention(qkv: RawTensor, heads: i64) -> RawTensor;
     pub fn vpetl_gelu(x: RawTensor) -> RawTensor;
+    pub fn vpetl_bias_gelu(h: RawTensor, b: RawTensor) -> RawTensor;
     pub fn vpetl_tcp_store_new(host: *const c_char, port: c_int, world_size: c_int, is_server: c_int, timeout_ms: i64) -> *mut c_void;
     pub fn vpetl_prefix_store_new(prefix: *const c_char, store: *mut c_void) -> *mut c_void;
     pub fn vpetl_store_free(store: *mut c_void);

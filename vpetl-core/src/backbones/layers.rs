@@ -62,8 +62,31 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: &Tensor, hooks: &Hooks, ctx: &Ctx) -> Tensor {
-        let h = gelu(&hooks.linear(self.fc1_site, x, &self.fc1, ctx));
+        let h = if hooks.installed(self.fc1_site) == 0 {
+            gelu_of_linear(x, &self.fc1)
+        } else {
+            gelu(&hooks.linear(self.fc1_site, x, &self.fc1, ctx))
+        };
         hooks.linear(self.fc2_site, &h, &self.fc2, ctx)
+    }
+}
+
+/// `gelu(x.apply(layer))`. On the CPU in fp32 (not under autocast) the bias is added inside our
+/// GELU node (`csrc/gelu.cpp`, `vpetl_bias_gelu`) after a plain product: `addmm` would first copy
+/// the bias into every output row, and its backward sum the gradient over rows in a pass of its
+/// own; GELU's passes do both on the way (the quickstart step: about 1 ms of 37).
+pub fn gelu_of_linear(x: &Tensor, layer: &nn::Linear) -> Tensor {
+    let fused = x.device() == tch::Device::Cpu
+        && x.kind() == tch::Kind::Float
+        && layer.ws.kind() == tch::Kind::Float
+        && !crate::engine::amp::Autocast::is_enabled(x.device());
+    match &layer.bs {
+        Some(b) if fused => {
+            let h = x.matmul(&layer.ws.tr());
+            // SAFETY: both tensors live for the call; the shim returns a new tensor we own, or null.
+            unsafe { shim::owned_tensor(shim::vpetl_bias_gelu(shim::raw(&h), shim::raw(b)), "gelu") }
+        }
+        _ => gelu(&x.apply(layer)),
     }
 }
 
@@ -214,6 +237,39 @@ mod tests {
         assert!(v[0].is_nan() && v[1..].iter().all(|x| x.is_finite()), "{v:?}");
         let loss = gelu(&x).sum(Kind::Float);
         assert!(Tensor::f_run_backward(&[loss], &[&x], true, true).is_err(), "double backward through our GELU");
+    }
+
+    /// GELU of a linear layer with the bias inside our node equals `gelu(linear)`: values, and the
+    /// gradients of input, weight and bias; without a graph too; a double backward is refused.
+    #[test]
+    fn gelu_of_linear_equals_gelu_after_linear() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let layer = linear(vs.root() / "fc1", 24, 40, true);
+        tch::no_grad(|| {
+            let _ = layer.bs.as_ref().unwrap().shallow_clone().normal_(0.0, 1.0);
+        });
+        // 1200 rows of 40: the bias gradient is summed over several tasks.
+        let x = Tensor::randn([4, 300, 24], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let weights = Tensor::randn([4, 300, 40], (Kind::Float, Device::Cpu));
+        let params = [&x, &layer.ws, layer.bs.as_ref().unwrap()];
+        let run = |y: Tensor| {
+            (&y * &weights).sum(Kind::Float).backward();
+            let grads: Vec<Tensor> = params.iter().map(|t| t.grad().copy()).collect();
+            for t in params {
+                let _ = t.grad().zero_();
+            }
+            (y.detach(), grads)
+        };
+        let (ours, g_ours) = run(gelu_of_linear(&x, &layer));
+        let (want, g_want) = run(x.apply(&layer).gelu("none"));
+        assert!(ours.allclose(&want, 1e-5, 1e-5, false), "values differ by {}", (&ours - &want).abs().max());
+        for (name, (a, b)) in ["input", "weight", "bias"].iter().zip(g_ours.iter().zip(&g_want)) {
+            assert!(a.allclose(b, 1e-4, 1e-5, false), "{name} gradients differ by {}", (a - b).abs().max());
+        }
+        let no_graph = tch::no_grad(|| gelu_of_linear(&x, &layer));
+        assert!(no_graph.allclose(&want, 1e-5, 1e-5, false), "without a graph");
+        let loss = gelu_of_linear(&x, &layer).sum(Kind::Float);
+        assert!(Tensor::f_run_backward(&[loss], &[&x], true, true).is_err(), "double backward through bias_gelu");
     }
 
     /// Self-attention from a fused projection (our kernel up to UNFUSED_MAX_KEYS tokens, the ATen
