@@ -10,9 +10,9 @@
 #include <ATen/record_function.h>
 #include <torch/csrc/autograd/custom_function.h>
 
-#include <algorithm>
 #include <vector>
 
+#include "column_sums.h"
 #include "guarded.h"
 #include "vector_math.h"
 
@@ -98,16 +98,13 @@ VPETL_VECTOR_CLONES void bias_gelu_backward(const float* h, const float* b, cons
     }
 }
 
-// Rows per parallel task: about kGrain elements.
-int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kGrain / std::max<int64_t>(1, cols)); }
-
 at::Tensor bias_gelu_erf(const at::Tensor& h, const at::Tensor& b) {
   RECORD_FUNCTION("vpetl::bias_gelu", std::vector<c10::IValue>{});
   auto y = at::empty_like(h);
   const int64_t cols = b.numel(), rows = h.numel() / cols;
   const float *in = h.data_ptr<float>(), *bias = b.data_ptr<float>();
   float* out = y.data_ptr<float>();
-  at::parallel_for(0, rows, row_grain(cols), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, rows, vpetl::rows_per_task(cols), [&](int64_t begin, int64_t end) {
     bias_gelu_forward(in + begin * cols, bias, out + begin * cols, end - begin, cols);
   });
   return y;
@@ -127,21 +124,11 @@ struct BiasGelu : torch::autograd::Function<BiasGelu> {
     const at::Tensor g = grads[0].contiguous();
     const int64_t cols = b.numel(), rows = h.numel() / cols;
     auto dh = at::empty_like(h);
-    // Each task sums its rows' bias gradient apart; the sums are added in task order afterwards.
-    const int64_t grain = row_grain(cols), tasks = (rows + grain - 1) / grain;
-    std::vector<float> partial(tasks * cols, 0.f);
     const float *in = h.data_ptr<float>(), *bias = b.data_ptr<float>(), *grad = g.data_ptr<float>();
     float* out = dh.data_ptr<float>();
-    at::parallel_for(0, tasks, 1, [&](int64_t first, int64_t last) {
-      for (int64_t t = first; t < last; t++) {
-        const int64_t begin = t * grain, n = std::min(rows, begin + grain) - begin;
-        bias_gelu_backward(in + begin * cols, bias, grad + begin * cols, out + begin * cols, partial.data() + t * cols, n, cols);
-      }
+    const auto [db] = vpetl::over_rows_with_column_sums<1>(rows, cols, b.options(), [&](int64_t begin, int64_t n, auto sums) {
+      bias_gelu_backward(in + begin * cols, bias, grad + begin * cols, out + begin * cols, sums[0], n, cols);
     });
-    auto db = at::zeros_like(b);
-    float* sum = db.data_ptr<float>();
-    for (int64_t t = 0; t < tasks; t++)
-      for (int64_t c = 0; c < cols; c++) sum[c] += partial[t * cols + c];
     return {dh, db};
   }
 };
