@@ -5,13 +5,18 @@
 // copies q, k and v out of the projection, copies the output back into token order, and in the
 // backward stacks the three gradients and copies them into the projection's layout again: at the
 // quickstart's 65 tokens and 16-wide heads those copies and the separate scale and softmax passes
-// take longer than the products. Here MKL's batched sgemm reads q, k and v where the projection
-// wrote them (a row stride of 3·C), writes the output straight into `(B, N, C)` and the gradient
-// straight into `(B, N, 3·C)`; the scale rides in the products' alpha; the softmax and its
-// derivative are loops of our own, vectorised for the CPU at hand.
+// take longer than the products. Here the products read q, k and v where the projection wrote
+// them (a row stride of 3·C), write the output straight into `(B, N, C)` and the gradient straight
+// into `(B, N, 3·C)`; the scale rides in the products' alpha. Two ways to the products:
+// - heads whose width is a multiple of 16, on an AVX-512 CPU: our register-blocked kernels
+//   (head_products.h), one head at a time per thread, so that its operands, probabilities and
+//   their gradient stay in L1 between the products and the softmax;
+// - otherwise MKL's batched sgemm, one call for all heads, with the softmax and its derivative as
+//   loops of our own, vectorised for the CPU at hand.
 //
-// Saved for the backward: the projection and the probabilities `(B, heads, N, N)`, what the
-// unfused ATen path keeps too, so callers use it only for short sequences. No double backward.
+// Saved for the backward: the projection and the probabilities `(B, heads, N, N)` (rows padded to
+// whole vectors on the first way), what the unfused ATen path keeps too, so callers use it only
+// for short sequences. No double backward.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
