@@ -43,6 +43,7 @@ fn main() {
         .file("csrc/scale_shift.cpp")
         .file("csrc/qkv_attention.cpp")
         .file("csrc/gelu.cpp")
+        .file("csrc/layer_norm.cpp")
         .includes(&includes)
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))

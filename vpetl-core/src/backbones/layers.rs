@@ -106,6 +106,33 @@ pub fn norm(layer: &nn::LayerNorm, site: SiteId, x: &Tensor, hooks: &Hooks, ctx:
     hooks.norm(site, layer.forward(x), ctx)
 }
 
+/// [`norm`] of the residual stream x, and x again as the skip to add the branch to: `(skip, y)`.
+///
+/// On the CPU in fp32 (not under autocast) both come from one node of ours
+/// (`csrc/layer_norm.cpp`), whose backward adds the skip's gradient to the norm's in its one pass,
+/// where the autograd engine would add them in a pass of its own. `eps` is the layer's (tch keeps
+/// its config private).
+pub fn norm_with_skip(layer: &nn::LayerNorm, eps: f64, site: SiteId, x: &Tensor, hooks: &Hooks, ctx: &Ctx) -> (Tensor, Tensor) {
+    let (skip, y) = layer_norm_with_skip(layer, eps, x);
+    (skip, hooks.norm(site, y, ctx))
+}
+
+/// `(x, layer.forward(x))`, by our node where it applies (see [`norm_with_skip`]).
+pub fn layer_norm_with_skip(layer: &nn::LayerNorm, eps: f64, x: &Tensor) -> (Tensor, Tensor) {
+    let ours = x.device() == tch::Device::Cpu && x.kind() == tch::Kind::Float && !crate::engine::amp::Autocast::is_enabled(x.device());
+    match (&layer.ws, &layer.bs) {
+        (Some(w), Some(b)) if ours && w.kind() == tch::Kind::Float && layer.normalized_shape.len() == 1 => {
+            let (mut skip, mut y) = (std::ptr::null_mut(), std::ptr::null_mut());
+            // SAFETY: the tensors live for the call; on success the shim hands us two new tensors.
+            let status = unsafe { shim::vpetl_layer_norm_with_skip(shim::raw(x), shim::raw(w), shim::raw(b), eps, &mut skip, &mut y) };
+            assert!(status == 0, "layer norm: {}", shim::last_error());
+            // SAFETY: both non-null and ours after a zero status.
+            unsafe { (shim::owned_tensor(skip, "layer norm"), shim::owned_tensor(y, "layer norm")) }
+        }
+        _ => (x.shallow_clone(), layer.forward(x)),
+    }
+}
+
 /// Sequences up to this many keys take the unfused path on the CPU.
 pub const UNFUSED_MAX_KEYS: i64 = 256;
 
@@ -273,6 +300,53 @@ mod tests {
         assert!(no_graph.allclose(&want, 1e-5, 1e-5, false), "without a graph");
         let loss = gelu_of_linear(&x, &layer).sum(Kind::Float);
         assert!(Tensor::f_run_backward(&[loss], &[&x], true, true).is_err(), "double backward through bias_gelu");
+    }
+
+    /// LayerNorm with the skip handed on equals ATen's LayerNorm beside the input itself: values,
+    /// and the gradients of input, weight and bias, with the skip used or not; without a graph too;
+    /// a double backward is refused.
+    #[test]
+    fn layer_norm_with_skip_equals_aten() {
+        let opts = (Kind::Float, Device::Cpu);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let layer = layer_norm(vs.root() / "norm", 40, 1e-6);
+        tch::no_grad(|| {
+            let _ = layer.ws.as_ref().unwrap().shallow_clone().normal_(1.0, 0.5);
+            let _ = layer.bs.as_ref().unwrap().shallow_clone().normal_(0.0, 0.5);
+        });
+        // 1200 rows of 40, offset from zero: the column sums run over several tasks.
+        let x = (Tensor::randn([4, 300, 40], opts) * 3.0 + 2.0).detach().set_requires_grad(true);
+        let (w_y, w_skip) = (Tensor::randn([4, 300, 40], opts), Tensor::randn([4, 300, 40], opts));
+        let params = [&x, layer.ws.as_ref().unwrap(), layer.bs.as_ref().unwrap()];
+        for skip_used in [true, false] {
+            let run = |skip: Tensor, y: Tensor| {
+                let mut loss = (&y * &w_y).sum(Kind::Float);
+                if skip_used {
+                    loss = loss + (&skip * &w_skip).sum(Kind::Float);
+                }
+                loss.backward();
+                let grads: Vec<Tensor> = params.iter().map(|t| t.grad().copy()).collect();
+                for t in params {
+                    let _ = t.grad().zero_();
+                }
+                (skip.detach(), y.detach(), grads)
+            };
+            let (skip, ours, g_ours) = {
+                let (skip, y) = layer_norm_with_skip(&layer, 1e-6, &x);
+                run(skip, y)
+            };
+            let (_, want, g_want) = run(x.shallow_clone(), layer.forward(&x));
+            assert!(skip.equal(&x.detach()), "the skip is the input");
+            assert!(ours.allclose(&want, 1e-5, 1e-5, false), "values differ by {}", (&ours - &want).abs().max());
+            for (name, (a, b)) in ["input", "weight", "bias"].iter().zip(g_ours.iter().zip(&g_want)) {
+                let d = (a - b).abs().max().double_value(&[]) / (1.0 + b.abs().max().double_value(&[]));
+                assert!(d < 1e-5, "skip used {skip_used}: {name} gradients differ by {d:e} (relative)");
+            }
+        }
+        let (skip, y) = tch::no_grad(|| layer_norm_with_skip(&layer, 1e-6, &x));
+        assert!(y.allclose(&layer.forward(&x), 1e-5, 1e-5, false) && skip.equal(&x), "without a graph");
+        let loss = layer_norm_with_skip(&layer, 1e-6, &x).1.sum(Kind::Float);
+        assert!(Tensor::f_run_backward(&[loss], &[&x], true, true).is_err(), "double backward through our LayerNorm");
     }
 
     /// Self-attention from a fused projection (our kernel up to UNFUSED_MAX_KEYS tokens, the ATen

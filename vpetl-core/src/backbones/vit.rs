@@ -18,7 +18,9 @@ use serde::Deserialize;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use super::layers::{attention, drop_path, layer_norm, layer_scale, linear, merge_heads, norm, self_attention, split_qkv, trunc_normal, Mlp};
+use super::layers::{
+    attention, drop_path, layer_norm, layer_scale, linear, merge_heads, norm, norm_with_skip, self_attention, split_qkv, trunc_normal, Mlp,
+};
 use super::sites::{Ctx, Hooks, SiteId, SiteKind, SiteMap, Tokens};
 use super::{Backbone, BackboneOutput, BackboneSpec, ForwardOpts, Resample};
 
@@ -141,6 +143,8 @@ struct Block {
     norm2: nn::LayerNorm,
     mlp: Mlp,
     ls2: Option<Tensor>,
+    /// The norms' eps (tch keeps a LayerNorm's private).
+    eps: f64,
     drop_path: f64,
     in_site: SiteId,
     norm1_site: SiteId,
@@ -180,6 +184,7 @@ impl Block {
             norm2,
             mlp,
             ls2,
+            eps: spec.eps,
             drop_path,
             in_site,
             norm1_site,
@@ -197,17 +202,17 @@ impl Block {
         let ctx = &Ctx::of(&t, train);
         let x = t.x;
         let block_in = x.shallow_clone();
-        let h = norm(&self.norm1, self.norm1_site, &x, hooks, ctx);
+        let (skip, h) = norm_with_skip(&self.norm1, self.eps, self.norm1_site, &x, hooks, ctx);
         let a = self.attn.forward(&h, hooks, ctx);
         let a = scale(hooks.branch(self.attn_branch_site, &x, a, ctx), &self.ls1);
-        let x = x + drop_path(a, self.drop_path, ctx.train);
+        let x = skip + drop_path(a, self.drop_path, ctx.train);
         let t = hooks.tokens(self.mid_site, Tokens { x, ..t }, ctx.train);
         let ctx = &Ctx::of(&t, train);
         let x = t.x;
-        let h = norm(&self.norm2, self.norm2_site, &x, hooks, ctx);
+        let (skip, h) = norm_with_skip(&self.norm2, self.eps, self.norm2_site, &x, hooks, ctx);
         let m = self.mlp.forward(&h, hooks, ctx);
         let m = scale(hooks.branch(self.mlp_branch_site, &x, m, ctx), &self.ls2);
-        let x = &x + drop_path(m, self.drop_path, ctx.train);
+        let x = skip + drop_path(m, self.drop_path, ctx.train);
         let x = hooks.branch(self.block_site, &block_in, x, ctx);
         hooks.tokens(self.out_site, Tokens { x, ..t }, ctx.train)
     }
