@@ -11,18 +11,10 @@
 
 #include <cstdint>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define VPETL_HEAD_PRODUCTS 1
-#define VPETL_AVX512 __attribute__((target("avx512f,fma")))
+#include "vector_math.h"
 
+#ifdef VPETL_AVX512_KERNELS
 namespace vpetl::head_products {
-
-// The CPU runs AVX-512 (checked once).
-inline bool supported() {
-  static const bool yes = __builtin_cpu_supports("avx512f");
-  return yes;
-}
 
 // R output rows of V vectors: out[r][·] = alpha · Σ_t w[r·sr + t·st] · b[t·ldb + ·], for t < T.
 template <int R, int V>
@@ -33,6 +25,7 @@ VPETL_AVX512 inline void block(const float* w, int64_t sr, int64_t st, const flo
   for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
     for (int v = 0; v < V; v++) acc[r][v] = _mm512_setzero_ps();
+#pragma GCC unroll 4
   for (int64_t t = 0; t < T; t++) {
     __m512 row[V];
 #pragma GCC unroll 4

@@ -149,12 +149,12 @@ VPETL_VECTOR_CLONES void softmax_backward_rows(const float* p, float* ds, int64_
   }
 }
 
-#ifdef VPETL_HEAD_PRODUCTS
+#ifdef VPETL_AVX512_KERNELS
 namespace hp = vpetl::head_products;
 
 // Heads whose width is whole vectors of 16, on a CPU with AVX-512, take our own products
 // (head_products.h); the others MKL's batched sgemm.
-bool own_products(const Layout& l) { return hp::supported() && l.head_dim % 16 == 0; }
+bool own_products(const Layout& l) { return vpetl::cpu_has_avx512() && l.head_dim % 16 == 0; }
 
 // A row of scores rounded up to whole vectors: the probabilities are kept (B, heads, N, padded(N)),
 // the columns past N zero, so that every product runs over whole vectors.
@@ -289,7 +289,7 @@ at::Tensor attend_own_backward(const at::Tensor& grad, const at::Tensor& qkv, co
 // The output (B, N, C); `probs`, when given, receives the probabilities for the backward (their
 // layout is the path's own).
 at::Tensor attend(const at::Tensor& qkv, const Layout& l, at::Tensor* probs_out) {
-#ifdef VPETL_HEAD_PRODUCTS
+#ifdef VPETL_AVX512_KERNELS
   if (own_products(l)) return attend_own(qkv, l, probs_out);
 #endif
   RECORD_FUNCTION("vpetl::qkv_attention", std::vector<c10::IValue>{});
@@ -323,7 +323,7 @@ at::Tensor attend(const at::Tensor& qkv, const Layout& l, at::Tensor* probs_out)
 
 // The gradient of the projection (B, N, 3·C) given the output's gradient `grad` (B, N, C).
 at::Tensor attend_backward(const at::Tensor& grad, const at::Tensor& qkv, const at::Tensor& probs, const Layout& l) {
-#ifdef VPETL_HEAD_PRODUCTS
+#ifdef VPETL_AVX512_KERNELS
   if (own_products(l)) return attend_own_backward(grad, qkv, probs, l);
 #endif
   RECORD_FUNCTION("vpetl::qkv_attention_backward", std::vector<c10::IValue>{});

@@ -50,6 +50,15 @@ inline float erf_approx(float x, float exp_neg_x2) {
 inline float erf_approx(float x) { return erf_approx(x, exp_nonpositive(-x * x)); }
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#define VPETL_AVX512_KERNELS 1
+#define VPETL_AVX512 __attribute__((target("avx512f,fma")))
+
+// The CPU runs AVX-512 (checked once): kernels written with its intrinsics may be called.
+inline bool cpu_has_avx512() {
+  static const bool yes = __builtin_cpu_supports("avx512f");
+  return yes;
+}
+
 // exp_nonpositive on 16 lanes, for kernels written with AVX-512 intrinsics (the same polynomial;
 // 2^k by vscalefps).
 __attribute__((target("avx512f"))) inline __m512 exp_nonpositive(__m512 x) {
