@@ -3,10 +3,11 @@
 // W read one element at a time through two strides, so that the same kernel serves W, its transpose
 // and rows read in place from a fused projection.
 //
-// Why: per head, attention's products are tiny (65 × 65 × 16 at the quickstart's size). MKL's
-// batched sgemm spends about half its time there outside the arithmetic (per-product set-up and
-// packing); here a block of output rows stays in registers while the inner dimension streams by,
-// and the operands of one head stay in L1 between its products.
+// Why: per head, attention's products are tiny (65 × 65 × 16 at the quickstart's size), and MKL's
+// batched sgemm pays its per-product set-up and packing on each. Here a block of output rows stays
+// in registers while the inner dimension streams by, and the operands of one head stay in L1
+// between its products (`tools/bench attention` at that shape, forward + backward per layer, the
+// first version: 2.97 ms through MKL, 1.80 through these).
 #pragma once
 
 #include <cstdint>
