@@ -76,10 +76,7 @@ impl Mlp {
 /// the bias into every output row, and its backward sum the gradient over rows in a pass of its
 /// own; GELU's passes do both on the way (the quickstart step: about 1 ms of 37).
 pub fn gelu_of_linear(x: &Tensor, layer: &nn::Linear) -> Tensor {
-    let fused = x.device() == tch::Device::Cpu
-        && x.kind() == tch::Kind::Float
-        && layer.ws.kind() == tch::Kind::Float
-        && !crate::engine::amp::Autocast::is_enabled(x.device());
+    let fused = takes_cpu_kernels(x.device(), x.kind()) && layer.ws.kind() == tch::Kind::Float;
     match &layer.bs {
         Some(b) if fused => {
             let h = x.matmul(&layer.ws.tr());
@@ -119,7 +116,7 @@ pub fn norm_with_skip(layer: &nn::LayerNorm, eps: f64, site: SiteId, x: &Tensor,
 
 /// `(x, layer.forward(x))`, by our node where it applies (see [`norm_with_skip`]).
 pub fn layer_norm_with_skip(layer: &nn::LayerNorm, eps: f64, x: &Tensor) -> (Tensor, Tensor) {
-    let ours = x.device() == tch::Device::Cpu && x.kind() == tch::Kind::Float && !crate::engine::amp::Autocast::is_enabled(x.device());
+    let ours = takes_cpu_kernels(x.device(), x.kind());
     match (&layer.ws, &layer.bs) {
         (Some(w), Some(b)) if ours && w.kind() == tch::Kind::Float && layer.normalized_shape.len() == 1 => {
             let (mut skip, mut y) = (std::ptr::null_mut(), std::ptr::null_mut());
@@ -200,14 +197,18 @@ pub fn self_attention(qkv: &Tensor, heads: i64) -> Tensor {
     merge_heads(&attention(&q, &k, &v, None))
 }
 
-/// Whether [`self_attention`] runs our kernel for `tokens` tokens of `kind` on `device`: fp32 on
-/// the CPU, not under autocast (whose ATen path would take bf16 products).
+/// Whether our CPU nodes (`csrc/`) take tensors of `kind` on `device`: fp32 on the CPU, not under
+/// autocast (whose ATen path would compute in bf16).
+fn takes_cpu_kernels(device: tch::Device, kind: tch::Kind) -> bool {
+    device == tch::Device::Cpu && kind == tch::Kind::Float && !crate::engine::amp::Autocast::is_enabled(device)
+}
+
+/// Whether [`self_attention`] runs our kernel for `tokens` tokens of `kind` on `device`: where our
+/// CPU nodes apply, up to [`UNFUSED_MAX_KEYS`] tokens, with MKL in libtorch.
 pub fn takes_qkv_kernel(device: tch::Device, kind: tch::Kind, tokens: i64) -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    device == tch::Device::Cpu
-        && kind == tch::Kind::Float
+    takes_cpu_kernels(device, kind)
         && (1..=UNFUSED_MAX_KEYS).contains(&tokens)
-        && !crate::engine::amp::Autocast::is_enabled(device)
         // SAFETY: a lookup without arguments.
         && *AVAILABLE.get_or_init(|| unsafe { shim::vpetl_qkv_attention_available() } != 0)
 }
