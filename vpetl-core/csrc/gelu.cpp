@@ -11,6 +11,7 @@
 #include <ATen/record_function.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <array>
 #include <vector>
 
 #include "column_sums.h"
@@ -72,15 +73,10 @@ VPETL_AVX512 inline void cdf_pdf(__m512 x, __m512& cdf, __m512& pdf) {
   pdf = _mm512_mul_ps(_mm512_set1_ps(kInvSqrtTwoPi), e);
 }
 
-// Lanes of a row's vector that starts at column c.
-inline __mmask16 lanes(int64_t c, int64_t cols) {
-  return cols - c >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (cols - c)) - 1);
-}
-
 VPETL_AVX512 void forward_rows(const float* h, const float* b, float* y, int64_t rows, int64_t cols) {
   for (int64_t r = 0; r < rows; r++)
     for (int64_t c = 0; c < cols; c += 16) {
-      const __mmask16 m = lanes(c, cols);
+      const __mmask16 m = vpetl::first_lanes(cols - c);
       __m512 x = _mm512_maskz_loadu_ps(m, h + r * cols + c);
       if (b) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, b + c));
       __m512 cdf, pdf;
@@ -92,7 +88,7 @@ VPETL_AVX512 void forward_rows(const float* h, const float* b, float* y, int64_t
 VPETL_AVX512 void backward_rows(const float* h, const float* b, const float* g, float* dh, float* db, int64_t rows, int64_t cols) {
   for (int64_t r = 0; r < rows; r++)
     for (int64_t c = 0; c < cols; c += 16) {
-      const __mmask16 m = lanes(c, cols);
+      const __mmask16 m = vpetl::first_lanes(cols - c);
       const int64_t i = r * cols + c;
       __m512 x = _mm512_maskz_loadu_ps(m, h + i);
       if (b) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, b + c));
@@ -122,77 +118,83 @@ void gelu_rows_backward(const float* h, const float* b, const float* g, float* d
   backward_rows(h, b, g, dh, db, rows, cols);
 }
 
-at::Tensor gelu_erf(const at::Tensor& x) {
-  RECORD_FUNCTION("vpetl::gelu", std::vector<c10::IValue>{});
-  auto y = at::empty_like(x);
-  const float* in = x.data_ptr<float>();
-  float* out = y.data_ptr<float>();
-  at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) { gelu_rows(in + begin, nullptr, out + begin, 1, end - begin); });
-  return y;
-}
-
-struct Gelu : torch::autograd::Function<Gelu> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x) {
-    ctx->save_for_backward({x});
-    return gelu_erf(x);
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const at::Tensor x = ctx->get_saved_variables()[0];
-    RECORD_FUNCTION("vpetl::gelu_backward", std::vector<c10::IValue>{});
-    TORCH_CHECK(!at::GradMode::is_enabled(), "gelu: no double backward (create_graph)");
-    const at::Tensor g = grads[0].contiguous();
-    auto dx = at::empty_like(x);
-    const float *in = x.data_ptr<float>(), *grad = g.data_ptr<float>();
-    float* out = dx.data_ptr<float>();
-    at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      gelu_rows_backward(in + begin, nullptr, grad + begin, out + begin, nullptr, 1, end - begin);
-    });
-    return {dx};
-  }
-};
-
-// GELU of a linear layer's output before its bias: y = GELU(h + b) over rows of `cols`.
+// GELU(h + b), b optional: without it a plain GELU over all elements; with it, GELU of a linear
+// layer's output before its bias, over rows of b's length.
 //
-// Why: a linear layer's `addmm` first copies its bias into every row of the output, then adds the
-// product; its backward sums the output's gradient over rows for the bias. Here the product is a
-// plain `mm` and the bias rides in GELU's passes, forward and backward: for the quickstart's MLP
-// (3250 rows of 256) those are two passes over 3.3 MB less per block. The saved tensor is h, as
-// the unfused pair would save h + b.
-at::Tensor bias_gelu_erf(const at::Tensor& h, const at::Tensor& b) {
-  RECORD_FUNCTION("vpetl::bias_gelu", std::vector<c10::IValue>{});
+// Why the bias: a linear layer's `addmm` first copies its bias into every row of the output, then
+// adds the product; its backward sums the output's gradient over rows for the bias. Here the
+// product is a plain `mm` and the bias rides in GELU's passes, forward and backward: for the
+// quickstart's MLP (3250 rows of 256) those are two passes over 3.3 MB less per block. The saved
+// tensor is h, as the unfused pair would save h + b.
+at::Tensor gelu_of(const at::Tensor& h, const at::Tensor& b) {
+  RECORD_FUNCTION("vpetl::gelu", std::vector<c10::IValue>{});
   auto y = at::empty_like(h);
-  const int64_t cols = b.numel(), rows = h.numel() / cols;
-  const float *in = h.data_ptr<float>(), *bias = b.data_ptr<float>();
+  const float* in = h.data_ptr<float>();
   float* out = y.data_ptr<float>();
+  if (!b.defined()) {
+    at::parallel_for(0, h.numel(), kGrain, [&](int64_t begin, int64_t end) { gelu_rows(in + begin, nullptr, out + begin, 1, end - begin); });
+    return y;
+  }
+  const int64_t cols = b.numel(), rows = h.numel() / cols;
+  const float* bias = b.data_ptr<float>();
   at::parallel_for(0, rows, vpetl::rows_per_task(cols), [&](int64_t begin, int64_t end) {
     gelu_rows(in + begin * cols, bias, out + begin * cols, end - begin, cols);
   });
   return y;
 }
 
-struct BiasGelu : torch::autograd::Function<BiasGelu> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& h, const at::Tensor& b) {
-    ctx->save_for_backward({h, b});
-    return bias_gelu_erf(h, b);
+// The gradients of h and of the optional bias (undefined without one), given the output's g.
+std::array<at::Tensor, 2> gelu_backward_of(const at::Tensor& h, const at::Tensor& b, const at::Tensor& grad) {
+  TORCH_CHECK(!at::GradMode::is_enabled(), "gelu: no double backward (create_graph)");
+  RECORD_FUNCTION("vpetl::gelu_backward", std::vector<c10::IValue>{});
+  const at::Tensor g = grad.contiguous();
+  auto dh = at::empty_like(h);
+  const float *in = h.data_ptr<float>(), *gp = g.data_ptr<float>();
+  float* out = dh.data_ptr<float>();
+  if (!b.defined()) {
+    at::parallel_for(0, h.numel(), kGrain, [&](int64_t begin, int64_t end) {
+      gelu_rows_backward(in + begin, nullptr, gp + begin, out + begin, nullptr, 1, end - begin);
+    });
+    return {dh, at::Tensor()};
+  }
+  const int64_t cols = b.numel(), rows = h.numel() / cols;
+  const float* bias = b.data_ptr<float>();
+  const auto [db] = vpetl::over_rows_with_column_sums<1>(rows, cols, b.options(), [&](int64_t begin, int64_t n, auto sums) {
+    gelu_rows_backward(in + begin * cols, bias, gp + begin * cols, out + begin * cols, sums[0], n, cols);
+  });
+  return {dh, db};
+}
+
+// Two nodes, since an autograd input cannot be undefined: a plain GELU, and one with the bias.
+struct Gelu : torch::autograd::Function<Gelu> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& h) {
+    ctx->save_for_backward({h});
+    return gelu_of(h, at::Tensor());
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    TORCH_CHECK(!at::GradMode::is_enabled(), "bias_gelu: no double backward (create_graph)");
+    return {gelu_backward_of(ctx->get_saved_variables()[0], at::Tensor(), grads[0])[0]};
+  }
+};
+
+struct BiasGelu : torch::autograd::Function<BiasGelu> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& h, const at::Tensor& b) {
+    ctx->save_for_backward({h, b});
+    return gelu_of(h, b);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor &h = saved[0], &b = saved[1];
-    RECORD_FUNCTION("vpetl::bias_gelu_backward", std::vector<c10::IValue>{});
-    const at::Tensor g = grads[0].contiguous();
-    const int64_t cols = b.numel(), rows = h.numel() / cols;
-    auto dh = at::empty_like(h);
-    const float *in = h.data_ptr<float>(), *bias = b.data_ptr<float>(), *grad = g.data_ptr<float>();
-    float* out = dh.data_ptr<float>();
-    const auto [db] = vpetl::over_rows_with_column_sums<1>(rows, cols, b.options(), [&](int64_t begin, int64_t n, auto sums) {
-      gelu_rows_backward(in + begin * cols, bias, grad + begin * cols, out + begin * cols, sums[0], n, cols);
-    });
+    const auto [dh, db] = gelu_backward_of(saved[0], saved[1], grads[0]);
     return {dh, db};
   }
 };
+
+// The node when a graph is being recorded, else the plain pass.
+at::Tensor gelu_node(const at::Tensor& h, const at::Tensor& b) {
+  if (!at::GradMode::is_enabled() || !(h.requires_grad() || (b.defined() && b.requires_grad()))) return gelu_of(h, b);
+  return b.defined() ? BiasGelu::apply(h, b) : Gelu::apply(h);
+}
 
 }  // namespace
 
@@ -204,8 +206,7 @@ at::Tensor* vpetl_gelu(at::Tensor* x) {
   at::Tensor* out = nullptr;
   vpetl::guarded([&] {
     TORCH_CHECK(x->scalar_type() == at::kFloat && x->device().is_cpu(), "gelu: fp32 CPU tensors only");
-    const at::Tensor in = x->contiguous();
-    out = new at::Tensor(at::GradMode::is_enabled() && in.requires_grad() ? Gelu::apply(in) : gelu_erf(in));
+    out = new at::Tensor(gelu_node(x->contiguous(), at::Tensor()));
   });
   return out;
 }
@@ -219,9 +220,7 @@ at::Tensor* vpetl_bias_gelu(at::Tensor* h, at::Tensor* b) {
       TORCH_CHECK(t->scalar_type() == at::kFloat && t->device().is_cpu(), "bias_gelu: fp32 CPU tensors only");
     TORCH_CHECK(b->dim() == 1 && h->dim() >= 1 && h->size(-1) == b->numel(), "bias_gelu: a bias of ", b->sizes(),
                 " does not match an input of ", h->sizes());
-    const at::Tensor in = h->contiguous(), bias = b->contiguous();
-    const bool graph = at::GradMode::is_enabled() && (in.requires_grad() || bias.requires_grad());
-    out = new at::Tensor(graph ? BiasGelu::apply(in, bias) : bias_gelu_erf(in, bias));
+    out = new at::Tensor(gelu_node(h->contiguous(), b->contiguous()));
   });
   return out;
 }

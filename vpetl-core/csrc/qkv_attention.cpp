@@ -168,15 +168,12 @@ void transpose_padded(const float* x, int64_t ld, int64_t rows, int64_t cols, fl
   }
 }
 
-// The lanes of the last vector of a padded row that hold one of its n columns.
-inline __mmask16 last_lanes(int64_t n) { return static_cast<__mmask16>(0xFFFFu >> ((16 - n % 16) % 16)); }
-
 // Softmax of the first n columns of n rows (row stride ld = padded(n)), the columns past n set to
 // zero. Intrinsics, because a row is only a few vectors long: the reductions across lanes, once
 // per row, would otherwise cost as much as the exponentials.
 VPETL_AVX512 void softmax_padded(float* p, int64_t n, int64_t ld) {
   const int64_t last = ld / 16 - 1;
-  const __mmask16 tail = last_lanes(n);
+  const __mmask16 tail = vpetl::first_lanes(n - 16 * last);  // the last vector's columns below n
   for (int64_t r = 0; r < n; r++) {
     float* row = p + r * ld;
     __m512 max = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail, row + 16 * last);

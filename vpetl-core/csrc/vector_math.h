@@ -59,6 +59,11 @@ inline bool cpu_has_avx512() {
   return yes;
 }
 
+// The lowest min(count, 16) lanes: a whole vector, or the part of the last one that holds data.
+inline __mmask16 first_lanes(int64_t count) {
+  return count >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << count) - 1);
+}
+
 // exp_nonpositive on 16 lanes, for kernels written with AVX-512 intrinsics (the same polynomial;
 // 2^k by vscalefps).
 __attribute__((target("avx512f"))) inline __m512 exp_nonpositive(__m512 x) {
