@@ -1,9 +1,10 @@
 //! Compiles the C++ shim (`csrc/`) against libtorch's headers, as torch-sys compiles its own C++.
 //!
-//! - `csrc/shim.cpp`, `csrc/scale_shift.cpp`, `csrc/qkv_attention.cpp`, `csrc/gelu.cpp` -> a static
-//!   library linked into every binary (c10d with Gloo, InferenceMode, autocast's dtype, CUDA memory
-//!   statistics, fused AdamW, SSF's fused scale and shift, self-attention from a fused projection,
-//!   GELU); it needs libtorch_cpu, c10 and libtorch's OpenMP runtime.
+//! - `csrc/shim.cpp`, `csrc/scale_shift.cpp`, `csrc/qkv_attention.cpp`, `csrc/gelu.cpp`,
+//!   `csrc/layer_norm.cpp`, `csrc/linear.cpp` -> a static library linked into every binary (c10d
+//!   with Gloo, InferenceMode, autocast's dtype, CUDA memory statistics, fused AdamW, SSF's fused
+//!   scale and shift, self-attention from a fused projection, GELU, LayerNorm, linear layers); it
+//!   needs libtorch_cpu, c10 and libtorch's OpenMP runtime.
 //! - `csrc/cuda_shim.cpp` -> `libvpetl_cuda_shim.so`, linked against libtorch_cuda and loaded at run
 //!   time (ProcessGroupNCCL), so the binaries still start without CUDA. It is built when the libtorch
 //!   has CUDA and the CUDA, CUDA-crt and NCCL headers of the `nvidia` pip packages are there (the
@@ -44,6 +45,7 @@ fn main() {
         .file("csrc/qkv_attention.cpp")
         .file("csrc/gelu.cpp")
         .file("csrc/layer_norm.cpp")
+        .file("csrc/linear.cpp")
         .includes(&includes)
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))

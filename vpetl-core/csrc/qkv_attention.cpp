@@ -9,7 +9,7 @@
 // them (a row stride of 3·C), write the output straight into `(B, N, C)` and the gradient straight
 // into `(B, N, 3·C)`; the scale rides in the products' alpha. Two ways to the products:
 // - heads whose width is a multiple of 16, on an AVX-512 CPU: our register-blocked kernels
-//   (head_products.h), one head at a time per thread, so that its operands, probabilities and
+//   (products.h), one head at a time per thread, so that its operands, probabilities and
 //   their gradient stay in L1 between the products and the softmax;
 // - otherwise MKL's batched sgemm, one call for all heads, with the softmax and its derivative as
 //   loops of our own, vectorised for the CPU at hand.
@@ -28,7 +28,7 @@
 #include <vector>
 
 #include "guarded.h"
-#include "head_products.h"
+#include "products.h"
 #include "vector_math.h"
 
 namespace {
@@ -150,10 +150,10 @@ VPETL_VECTOR_CLONES void softmax_backward_rows(const float* p, float* ds, int64_
 }
 
 #ifdef VPETL_AVX512_KERNELS
-namespace hp = vpetl::head_products;
+namespace hp = vpetl::products;
 
 // Heads whose width is whole vectors of 16, on a CPU with AVX-512, take our own products
-// (head_products.h); the others MKL's batched sgemm.
+// (products.h); the others MKL's batched sgemm.
 bool own_products(const Layout& l) { return vpetl::cpu_has_avx512() && l.head_dim % 16 == 0; }
 
 // A row of scores rounded up to whole vectors: the probabilities are kept (B, heads, N, padded(N)),

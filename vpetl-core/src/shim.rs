@@ -3,7 +3,7 @@
 //! `shim.cpp` is linked in (c10d TCPStore and ProcessGroupGloo, `c10::InferenceMode`, autocast's
 //! dtype, the CUDA caching allocator's statistics through c10's generic device allocator, the fused AdamW kernel;
 //! `scale_shift.cpp`: SSF's node; `qkv_attention.cpp`: self-attention from a fused projection; `gelu.cpp`; `layer_norm.cpp`: LayerNorm
-//! handing on the residual stream);
+//! handing on the residual stream; `linear.cpp`: linear layers);
 //! `cuda_shim.cpp` is a shared library loaded on demand once libtorch's CUDA backend is loaded
 //! (ProcessGroupNCCL, whose header needs CUDA's). Safe wrappers live with their
 //! users: `dist`, `inference`, `engine::amp`, `engine::memory`, `engine::optim`, `methods::ssf`,
@@ -28,6 +28,8 @@ extern "C" {
     pub fn vpetl_qkv_attention(qkv: RawTensor, heads: i64) -> RawTensor;
     pub fn vpetl_gelu(x: RawTensor) -> RawTensor;
     pub fn vpetl_bias_gelu(h: RawTensor, b: RawTensor) -> RawTensor;
+    pub fn vpetl_linear_applies(in_dim: i64, out_dim: i64) -> c_int;
+    pub fn vpetl_linear(x: RawTensor, w: RawTensor, b: RawTensor) -> RawTensor;
     pub fn vpetl_layer_norm_with_skip(x: RawTensor, w: RawTensor, b: RawTensor, eps: f64, skip: *mut RawTensor, y: *mut RawTensor) -> c_int;
     pub fn vpetl_tcp_store_new(host: *const c_char, port: c_int, world_size: c_int, is_server: c_int, timeout_ms: i64) -> *mut c_void;
     pub fn vpetl_prefix_store_new(prefix: *const c_char, store: *mut c_void) -> *mut c_void;

@@ -71,15 +71,40 @@ impl Mlp {
     }
 }
 
+/// `x.apply(layer)`. On AVX-512 CPUs in fp32 (not under autocast), for widths that are multiples
+/// of 16, it is our node (`csrc/linear.cpp`): products that skip MKL's packing of both operands,
+/// which is much of the work at small widths (the quickstart's ViT step: its 17 linear products
+/// 20 to 30 % faster, forward and backward); elsewhere ATen's.
+pub fn apply_linear(x: &Tensor, layer: &nn::Linear) -> Tensor {
+    match takes_linear_kernel(x, layer) {
+        // SAFETY: the tensors live for the call; the shim returns a new tensor we own, or null.
+        true => unsafe {
+            let bias = layer.bs.as_ref().map_or(std::ptr::null_mut(), shim::raw);
+            shim::owned_tensor(shim::vpetl_linear(shim::raw(x), shim::raw(&layer.ws), bias), "linear")
+        },
+        false => x.apply(layer),
+    }
+}
+
+/// Whether [`apply_linear`] takes our node for `x` and `layer`.
+fn takes_linear_kernel(x: &Tensor, layer: &nn::Linear) -> bool {
+    let (out_dim, in_dim) = layer.ws.size2().expect("a linear layer's weight is 2-d");
+    takes_cpu_kernels(x.device(), x.kind())
+        && layer.ws.kind() == tch::Kind::Float
+        && layer.bs.as_ref().is_none_or(|b| b.kind() == tch::Kind::Float)
+        // SAFETY: a lookup on two integers.
+        && unsafe { shim::vpetl_linear_applies(in_dim, out_dim) } != 0
+}
+
 /// `gelu(x.apply(layer))`. On the CPU in fp32 (not under autocast) the bias is added inside our
-/// GELU node (`csrc/gelu.cpp`, `vpetl_bias_gelu`) after a plain product: `addmm` would first copy
+/// GELU node (`csrc/gelu.cpp`, `vpetl_bias_gelu`) after a product without it: `addmm` would first copy
 /// the bias into every output row, and its backward sum the gradient over rows in a pass of its
 /// own; GELU's passes do both on the way (the quickstart step: about 1 ms of 37).
 pub fn gelu_of_linear(x: &Tensor, layer: &nn::Linear) -> Tensor {
     let fused = takes_cpu_kernels(x.device(), x.kind()) && layer.ws.kind() == tch::Kind::Float;
     match &layer.bs {
         Some(b) if fused => {
-            let h = x.matmul(&layer.ws.tr());
+            let h = apply_linear(x, &nn::Linear { ws: layer.ws.shallow_clone(), bs: None });
             // SAFETY: both tensors live for the call; the shim returns a new tensor we own, or null.
             unsafe { shim::owned_tensor(shim::vpetl_bias_gelu(shim::raw(&h), shim::raw(b)), "gelu") }
         }
@@ -183,7 +208,7 @@ pub fn merge_heads(out: &Tensor) -> Tensor {
 /// (`csrc/qkv_attention.cpp`): its products read q, k and v in place and write the output and the
 /// gradient in token order, where the ATen path copies each of them. On AVX-512 CPUs, heads whose
 /// width is a multiple of 16 take register-blocked products of our own, a head at a time in L1
-/// (`csrc/head_products.h`); other widths MKL's batched sgemm. `tools/bench attention`, forward
+/// (`csrc/products.h`); other widths MKL's batched sgemm. `tools/bench attention`, forward
 /// plus backward against the faster ATen path with q, k and v already apart: 0.5 at the
 /// quickstart's 65 tokens of width 16, 0.85 to 0.9 for Swin's windows and ViT at 224 px. Elsewhere
 /// it is the ATen path.
@@ -352,6 +377,76 @@ mod tests {
         assert!(y.allclose(&layer.forward(&x), 1e-5, 1e-5, false) && skip.equal(&x), "without a graph");
         let loss = layer_norm_with_skip(&layer, 1e-6, &x).1.sum(Kind::Float);
         assert!(Tensor::f_run_backward(&[loss], &[&x], true, true).is_err(), "double backward through our LayerNorm");
+    }
+
+    /// Linear layers through our node (on AVX-512 CPUs) give ATen's values and gradients: with and
+    /// without a bias, with each of the input, weight and bias frozen or trained (BitFit trains only
+    /// the bias), over batches cut into several passes and slices (2100 rows, an inner dimension of
+    /// 320 = 2.5 slices, 80 outputs: not whole blocks of 6 rows of the weight's gradient). Widths
+    /// that are not multiples of 16 (34) take ATen's path.
+    #[test]
+    fn apply_linear_equals_aten() {
+        let opts = (Kind::Float, Device::Cpu);
+        for (batch, tokens, in_dim, out_dim, bias) in
+            [(30, 70, 320, 80, true), (3, 1, 64, 32, false), (2, 25, 16, 16, true), (7, 10, 48, 34, true)]
+        {
+            let rows = batch * tokens;
+            let vs = nn::VarStore::new(Device::Cpu);
+            let layer = linear(vs.root() / "l", in_dim, out_dim, bias);
+            if let Some(b) = &layer.bs {
+                tch::no_grad(|| b.shallow_clone().normal_(0.0, 1.0));
+            }
+            let x = Tensor::randn([batch, tokens, in_dim], opts);
+            let weights = Tensor::randn([batch, tokens, out_dim], opts);
+            let trainable = [(true, true, true), (false, true, true), (true, false, false), (false, false, true)];
+            for (x_grad, w_grad, b_grad) in trainable {
+                if !(x_grad || w_grad || (bias && b_grad)) {
+                    continue;
+                }
+                let x = x.detach().set_requires_grad(x_grad);
+                let _ = layer.ws.shallow_clone().set_requires_grad(w_grad);
+                if let Some(b) = &layer.bs {
+                    let _ = b.shallow_clone().set_requires_grad(b_grad);
+                }
+                let params: Vec<&Tensor> = [Some(&x), Some(&layer.ws), layer.bs.as_ref()].into_iter().flatten().collect();
+                let run = |y: Tensor| {
+                    (&y * &weights).sum(Kind::Float).backward();
+                    let grads: Vec<Option<Tensor>> = params.iter().map(|t| t.requires_grad().then(|| t.grad().copy())).collect();
+                    for t in &params {
+                        if t.requires_grad() {
+                            let _ = t.grad().zero_();
+                        }
+                    }
+                    (y.detach(), grads)
+                };
+                let (ours, g_ours) = run(apply_linear(&x, &layer));
+                let (want, g_want) = run(x.apply(&layer));
+                let size = 1.0 + want.abs().max().double_value(&[]);
+                let d = (&ours - &want).abs().max().double_value(&[]) / size;
+                assert!(d < 1e-5, "{rows}×{in_dim}→{out_dim}: values differ by {d:e} (relative)");
+                for (name, (a, b)) in ["input", "weight", "bias"].iter().zip(g_ours.iter().zip(&g_want)) {
+                    match (a, b) {
+                        (Some(a), Some(b)) => {
+                            let d = (a - b).abs().max().double_value(&[]) / (1.0 + b.abs().max().double_value(&[]));
+                            assert!(
+                                d < 1e-5,
+                                "{rows}×{in_dim}→{out_dim}, trained {x_grad}/{w_grad}/{b_grad}: {name} gradients differ by {d:e}"
+                            );
+                        }
+                        (None, None) => {}
+                        _ => panic!("{name}: a gradient on one side only"),
+                    }
+                }
+            }
+            let no_graph = tch::no_grad(|| apply_linear(&x, &layer));
+            assert!(no_graph.allclose(&x.apply(&layer), 1e-5, 1e-4, false), "{rows}×{in_dim}→{out_dim} without a graph");
+        }
+        let vs = nn::VarStore::new(Device::Cpu);
+        let layer = linear(vs.root() / "l", 32, 32, true);
+        let x = Tensor::randn([5, 32], opts).set_requires_grad(true);
+        let loss = apply_linear(&x, &layer).sum(Kind::Float);
+        let double = Tensor::f_run_backward(&[loss], &[&x], true, true);
+        assert!(!takes_linear_kernel(&x, &layer) || double.is_err(), "double backward through our linear node");
     }
 
     /// Self-attention from a fused projection (our kernel up to UNFUSED_MAX_KEYS tokens, the ATen

@@ -315,7 +315,7 @@ impl Hooks {
     pub fn linear(&self, id: SiteId, x: &Tensor, layer: &tch::nn::Linear, ctx: &Ctx) -> Tensor {
         let hooks = self.at(id);
         if hooks.is_empty() {
-            return x.apply(layer);
+            return super::layers::apply_linear(x, layer);
         }
         let mut input: Option<Tensor> = None;
         for h in hooks {
@@ -326,7 +326,7 @@ impl Hooks {
             }
         }
         let x = input.as_ref().unwrap_or(x);
-        let mut y = x.apply(layer);
+        let mut y = super::layers::apply_linear(x, layer);
         for h in hooks {
             if let Hook::Linear(h) = h {
                 y = h.output(x, y, ctx);
