@@ -5,8 +5,9 @@
 // is a large part of the work (the quickstart's ViT, 64 wide: 17 % of MKL's time in its copy
 // routines), and its blocked kernels then run at about 160 to 190 GFLOP/s on this machine's two
 // cores. These products read the rows where they lie and keep a block of outputs in registers:
-// about 200 to 225 GFLOP/s on the quickstart's and ViT-S's shapes, forward and backward. Past
-// these sizes the inner dimension is cut into slices that stay in the caches.
+// about 200 to 225 GFLOP/s on the quickstart's shapes, forward and backward (in a step of its
+// ViT, the 17 products 20 to 30 % faster). The inner dimension is cut into slices that stay in the
+// caches.
 //
 // The backward computes what ATen's does: dx = g W, dW = gᵀ x and db = the column sums of g, each
 // only when asked for. The bias is the products' start, so the forward never fills the output with
@@ -136,10 +137,14 @@ struct Linear : torch::autograd::Function<Linear> {
 
 extern "C" {
 
-// Whether vpetl_linear takes a layer of in_dim → out_dim on this CPU: AVX-512, both multiples of 16.
+// Whether vpetl_linear takes a layer of in_dim → out_dim on this CPU: AVX-512, both multiples of 16,
+// and a narrow layer (at most 2^16 weights: 256 × 256, or the quickstart's 64 × 256), where MKL's
+// packing is much of its work. Wider layers keep MKL: ViT-S's full fine-tuning step took the same
+// time either way (4 alternating rounds), and on few rows MKL's blocking wins (Swin-B's last stage,
+// 196 rows, 1024 → 3072: 118 against 99 GFLOP/s here; 4096 → 1024: 140 against 81).
 int vpetl_linear_applies(int64_t in_dim, int64_t out_dim) {
 #ifdef VPETL_AVX512_KERNELS
-  return vpetl::cpu_has_avx512() && in_dim > 0 && out_dim > 0 && in_dim % 16 == 0 && out_dim % 16 == 0;
+  return vpetl::cpu_has_avx512() && in_dim > 0 && out_dim > 0 && in_dim % 16 == 0 && out_dim % 16 == 0 && in_dim * out_dim <= (1 << 16);
 #else
   return 0;
 #endif

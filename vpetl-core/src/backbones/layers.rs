@@ -71,10 +71,10 @@ impl Mlp {
     }
 }
 
-/// `x.apply(layer)`. On AVX-512 CPUs in fp32 (not under autocast), for widths that are multiples
-/// of 16, it is our node (`csrc/linear.cpp`): products that skip MKL's packing of both operands,
-/// which is much of the work at small widths (the quickstart's ViT step: its 17 linear products
-/// 20 to 30 % faster, forward and backward); elsewhere ATen's.
+/// `x.apply(layer)`. On AVX-512 CPUs in fp32 (not under autocast), for narrow layers (widths that
+/// are multiples of 16, at most 2^16 weights) it is our node (`csrc/linear.cpp`): products that
+/// skip MKL's packing of both operands, which is much of the work at such widths (the quickstart's
+/// ViT step: its 17 linear products 20 to 30 % faster, forward and backward); elsewhere ATen's.
 pub fn apply_linear(x: &Tensor, layer: &nn::Linear) -> Tensor {
     match takes_linear_kernel(x, layer) {
         // SAFETY: the tensors live for the call; the shim returns a new tensor we own, or null.
