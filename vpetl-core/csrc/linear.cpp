@@ -1,5 +1,6 @@
-// A linear layer, `y = x Wᵀ + b`, as one autograd node on AVX-512 CPUs in fp32, for layer widths
-// (in and out) that are multiples of 16, by the register-blocked products of products.h.
+// A linear layer, `y = x Wᵀ + b`, as one autograd node on AVX-512 CPUs in fp32, for narrow layers
+// whose widths are multiples of 16 (vpetl_linear_applies), by the register-blocked products of
+// products.h.
 //
 // Why: MKL packs both operands on every call. For the narrow layers of small models that packing
 // is a large part of the work (the quickstart's ViT, 64 wide: 17 % of MKL's time in its copy
@@ -123,7 +124,7 @@ struct Linear : torch::autograd::Function<Linear> {
       rows_times(g.data_ptr<float>(), M, N, w.data_ptr<float>(), K, nullptr, dx.data_ptr<float>());
     }
     const bool bias = ctx->saved_data["bias"].toBool() && ctx->needs_input_grad(2);
-    if (ctx->needs_input_grad(1)) dw = at::empty_like(w);
+    if (ctx->needs_input_grad(1)) dw = M ? at::empty_like(w) : at::zeros_like(w);  // an empty batch sums nothing
     if (bias) db = at::empty({N}, w.options());
     if (dw.defined() || db.defined())
       weight_grad(g.data_ptr<float>(), x.data_ptr<float>(), M, N, K, dw.defined() ? dw.data_ptr<float>() : nullptr,

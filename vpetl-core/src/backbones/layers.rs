@@ -382,13 +382,13 @@ mod tests {
     /// Linear layers through our node (on AVX-512 CPUs) give ATen's values and gradients: with and
     /// without a bias, with each of the input, weight and bias frozen or trained (BitFit trains only
     /// the bias), over batches cut into several passes and slices (2100 rows, an inner dimension of
-    /// 320 = 2.5 slices, 80 outputs: not whole blocks of 6 rows of the weight's gradient). Widths
-    /// that are not multiples of 16 (34) take ATen's path.
+    /// 320 = 2.5 slices, 80 outputs: not whole blocks of 6 rows of the weight's gradient), and an
+    /// empty batch. Widths that are not multiples of 16 (34) take ATen's path.
     #[test]
     fn apply_linear_equals_aten() {
         let opts = (Kind::Float, Device::Cpu);
         for (batch, tokens, in_dim, out_dim, bias) in
-            [(30, 70, 320, 80, true), (3, 1, 64, 32, false), (2, 25, 16, 16, true), (7, 10, 48, 34, true)]
+            [(30, 70, 320, 80, true), (3, 1, 64, 32, false), (2, 25, 16, 16, true), (0, 3, 64, 32, true), (7, 10, 48, 34, true)]
         {
             let rows = batch * tokens;
             let vs = nn::VarStore::new(Device::Cpu);
@@ -421,13 +421,15 @@ mod tests {
                 };
                 let (ours, g_ours) = run(apply_linear(&x, &layer));
                 let (want, g_want) = run(x.apply(&layer));
-                let size = 1.0 + want.abs().max().double_value(&[]);
-                let d = (&ours - &want).abs().max().double_value(&[]) / size;
+                // The largest magnitude (0 for an empty tensor), and a's difference from b relative to b's.
+                let max_abs = |t: &Tensor| if t.numel() == 0 { 0.0 } else { t.abs().max().double_value(&[]) };
+                let relative = |a: &Tensor, b: &Tensor| max_abs(&(a - b)) / (1.0 + max_abs(b));
+                let d = relative(&ours, &want);
                 assert!(d < 1e-5, "{rows}×{in_dim}→{out_dim}: values differ by {d:e} (relative)");
                 for (name, (a, b)) in ["input", "weight", "bias"].iter().zip(g_ours.iter().zip(&g_want)) {
                     match (a, b) {
                         (Some(a), Some(b)) => {
-                            let d = (a - b).abs().max().double_value(&[]) / (1.0 + b.abs().max().double_value(&[]));
+                            let d = relative(a, b);
                             assert!(
                                 d < 1e-5,
                                 "{rows}×{in_dim}→{out_dim}, trained {x_grad}/{w_grad}/{b_grad}: {name} gradients differ by {d:e}"
