@@ -106,7 +106,6 @@ at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& w, const at::Te
 struct Linear : torch::autograd::Function<Linear> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
     ctx->save_for_backward({x, w});
-    ctx->saved_data["bias"] = b.numel() > 0;
     return linear_forward(x, w, b);
   }
 
@@ -123,9 +122,9 @@ struct Linear : torch::autograd::Function<Linear> {
       dx = at::empty_like(x);
       rows_times(g.data_ptr<float>(), M, N, w.data_ptr<float>(), K, nullptr, dx.data_ptr<float>());
     }
-    const bool bias = ctx->saved_data["bias"].toBool() && ctx->needs_input_grad(2);
     if (ctx->needs_input_grad(1)) dw = M ? at::empty_like(w) : at::zeros_like(w);  // an empty batch sums nothing
-    if (bias) db = at::empty({N}, w.options());
+    // Without a bias the node's third input is an empty tensor, which never asks for a gradient.
+    if (ctx->needs_input_grad(2)) db = at::empty({N}, w.options());
     if (dw.defined() || db.defined())
       weight_grad(g.data_ptr<float>(), x.data_ptr<float>(), M, N, K, dw.defined() ? dw.data_ptr<float>() : nullptr,
                   db.defined() ? db.data_ptr<float>() : nullptr);
