@@ -261,6 +261,15 @@ pub fn unfused_attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tenso
     scores.softmax(-1, scores.kind()).bmm(&v3).view(shape.as_slice())
 }
 
+/// a's largest difference from b, relative to b's largest magnitude (plus one): how the tests of
+/// our nodes judge sums over many rows, which round differently in another order. Empty tensors
+/// differ by 0.
+#[cfg(test)]
+pub(crate) fn relative_difference(a: &Tensor, b: &Tensor) -> f64 {
+    let max_abs = |t: &Tensor| if t.numel() == 0 { 0.0 } else { t.abs().max().double_value(&[]) };
+    max_abs(&(a - b)) / (1.0 + max_abs(b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,7 +332,7 @@ mod tests {
         // are sums over 1200 rows, which round differently in another order (a bias element near
         // zero differed by 4e-5 in one run, beyond an element-wise tolerance).
         for (name, (a, b)) in ["input", "weight", "bias"].iter().zip(g_ours.iter().zip(&g_want)) {
-            let d = (a - b).abs().max().double_value(&[]) / (1.0 + b.abs().max().double_value(&[]));
+            let d = relative_difference(a, b);
             assert!(d < 1e-5, "{name} gradients differ by {d:e} (relative)");
         }
         let no_graph = tch::no_grad(|| gelu_of_linear(&x, &layer));
@@ -369,7 +378,7 @@ mod tests {
             assert!(skip.equal(&x.detach()), "the skip is the input");
             assert!(ours.allclose(&want, 1e-5, 1e-5, false), "values differ by {}", (&ours - &want).abs().max());
             for (name, (a, b)) in ["input", "weight", "bias"].iter().zip(g_ours.iter().zip(&g_want)) {
-                let d = (a - b).abs().max().double_value(&[]) / (1.0 + b.abs().max().double_value(&[]));
+                let d = relative_difference(a, b);
                 assert!(d < 1e-5, "skip used {skip_used}: {name} gradients differ by {d:e} (relative)");
             }
         }
@@ -394,7 +403,7 @@ mod tests {
             let vs = nn::VarStore::new(Device::Cpu);
             let layer = linear(vs.root() / "l", in_dim, out_dim, bias);
             if let Some(b) = &layer.bs {
-                tch::no_grad(|| b.shallow_clone().normal_(0.0, 1.0));
+                let _ = tch::no_grad(|| b.shallow_clone().normal_(0.0, 1.0));
             }
             let x = Tensor::randn([batch, tokens, in_dim], opts);
             let weights = Tensor::randn([batch, tokens, out_dim], opts);
@@ -421,15 +430,12 @@ mod tests {
                 };
                 let (ours, g_ours) = run(apply_linear(&x, &layer));
                 let (want, g_want) = run(x.apply(&layer));
-                // The largest magnitude (0 for an empty tensor), and a's difference from b relative to b's.
-                let max_abs = |t: &Tensor| if t.numel() == 0 { 0.0 } else { t.abs().max().double_value(&[]) };
-                let relative = |a: &Tensor, b: &Tensor| max_abs(&(a - b)) / (1.0 + max_abs(b));
-                let d = relative(&ours, &want);
+                let d = relative_difference(&ours, &want);
                 assert!(d < 1e-5, "{rows}×{in_dim}→{out_dim}: values differ by {d:e} (relative)");
                 for (name, (a, b)) in ["input", "weight", "bias"].iter().zip(g_ours.iter().zip(&g_want)) {
                     match (a, b) {
                         (Some(a), Some(b)) => {
-                            let d = relative(a, b);
+                            let d = relative_difference(a, b);
                             assert!(
                                 d < 1e-5,
                                 "{rows}×{in_dim}→{out_dim}, trained {x_grad}/{w_grad}/{b_grad}: {name} gradients differ by {d:e}"
